@@ -1,0 +1,130 @@
+"""Advantage estimators (lecture sections 1 and 3). Pure: imports torch only.
+
+Row layout: [B, T] token tensors aligned with a ``response_mask`` (1 = a response token); GRPO rewards are
+[N] with the G samples of a prompt in contiguous rows.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from alignkit.losses.aggregate import masked_mean
+
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    gamma: float = 0.99,
+    lam: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation (Schulman et al. 2016), computed backwards.
+
+        delta_t = r_t + gamma * V(s_{t+1}) - V(s_t),   V after the last response token = 0 (terminal)
+        A_t = delta_t + gamma * lam * A_{t+1}  =  sum_l (gamma lam)^l delta_{t+l}
+        returns_t = A_t + V(s_t)               (the critic's targets)
+
+    Masked positions (padding on either side, or holes) are skipped: the recursion links each response
+    token to the next response token of its row. Lecture example (ERRATA): r = [0.5, 1.2, 2.1],
+    V = [0.8, 1.5, 1.9] -> A = [2.848839, 1.7691, 0.2].
+
+    Args:
+        rewards: [B, T] per-token rewards (``token_rewards``).
+        values: [B, T] critic values V(s_t).
+        response_mask: [B, T].
+    Returns:
+        (advantages [B, T], returns [B, T]), 0 where masked.
+    """
+    mask = response_mask.to(values.dtype)
+    rewards, values = rewards.detach() * mask, values.detach() * mask
+    next_value = torch.zeros_like(values[:, 0])
+    next_adv = torch.zeros_like(values[:, 0])
+    advantages = torch.zeros_like(values)
+    for t in reversed(range(values.shape[1])):
+        m = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        adv_t = delta + gamma * lam * next_adv
+        advantages[:, t] = adv_t * m
+        # A masked position passes the next token's value and advantage through unchanged.
+        next_value = m * values[:, t] + (1 - m) * next_value
+        next_adv = m * adv_t + (1 - m) * next_adv
+    returns = (advantages + values) * mask
+    return advantages, returns
+
+
+def discounted_returns(rewards: torch.Tensor, response_mask: torch.Tensor, *, gamma: float = 1.0) -> torch.Tensor:
+    """Monte-Carlo returns G_t = sum_l gamma^l r_{t+l} over response tokens (masked positions skipped).
+
+    Equals ``gae(..., lam=1)`` advantages + values. Shapes [B, T] -> [B, T].
+    """
+    mask = response_mask.to(rewards.dtype)
+    running = torch.zeros_like(rewards[:, 0])
+    out = torch.zeros_like(rewards)
+    for t in reversed(range(rewards.shape[1])):
+        m = mask[:, t]
+        g = rewards[:, t] * m + gamma * running
+        out[:, t] = g * m
+        running = m * g + (1 - m) * running
+    return out
+
+
+def whiten(
+    x: torch.Tensor, response_mask: torch.Tensor, *, shift_mean: bool = True, eps: float = 1e-8
+) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) with masked, population statistics over all tokens of the batch.
+
+    With ``shift_mean=False`` the mean is added back (scale only). Shapes [B, T] -> [B, T], 0 where masked.
+    """
+    mean = masked_mean(x, response_mask)
+    var = masked_mean((x - mean).square(), response_mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * response_mask
+
+
+def group_advantages(
+    rewards: torch.Tensor,
+    group_size: int,
+    *,
+    eps: float = 1e-8,
+    std_ddof: int = 0,
+    scale: bool = True,
+) -> torch.Tensor:
+    """GRPO's group-relative advantage, one value per sequence.
+
+        A_i = (r_i - mean_g(r)) / (std_g(r) + eps)
+
+    ``std_ddof=0``: population std (divide by G), as every worked example of the lecture; ``std_ddof=1``
+    gives TRL's sample std; ``scale=False`` gives Dr. GRPO (A_i = r_i - mean, no division). A group whose
+    rewards are all equal gets advantages exactly 0 (never NaN, never a rounding residue / eps).
+    Lecture example: r = [1, 1, 0] -> A = [0.7071, 0.7071, -1.4142].
+
+    Args:
+        rewards: [N] raw scalar rewards, N = num_prompts * G, the G samples of a prompt contiguous.
+    Returns:
+        [N] advantages (float32 or the input's float dtype).
+    """
+    if rewards.dim() != 1 or rewards.numel() % group_size != 0:
+        raise ValueError(
+            f"rewards must be 1-D with a length divisible by group_size={group_size}, got shape "
+            f"{tuple(rewards.shape)}"
+        )
+    if std_ddof >= group_size and scale:
+        raise ValueError(f"std_ddof={std_ddof} needs group_size > {std_ddof}, got {group_size}")
+    r = rewards.view(-1, group_size)
+    r = r.float() if not r.is_floating_point() else r
+    centered = r - r.mean(dim=1, keepdim=True)
+    all_equal = (r == r[:, :1]).all(dim=1, keepdim=True)
+    if scale:
+        std = r.std(dim=1, correction=std_ddof, keepdim=True)
+        centered = centered / (std + eps)
+    return torch.where(all_equal, torch.zeros_like(centered), centered).view(-1)
+
+
+def zero_variance_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[N] rewards -> [N / G] bool: True where every sample of the group got the same reward
+    (such a group has zero advantages and contributes no policy gradient)."""
+    r = rewards.view(-1, group_size)
+    return (r == r[:, :1]).all(dim=1)
