@@ -1,0 +1,6 @@
+"""Model and tokenizer loading, and the tiny locally built model + tokenizer used by tests and CPU runs."""
+
+from alignkit.models.loading import load_causal_lm, load_tokenizer
+from alignkit.models.tiny import build_tiny, build_tiny_model, build_tiny_tokenizer
+
+__all__ = ["build_tiny", "build_tiny_model", "build_tiny_tokenizer", "load_causal_lm", "load_tokenizer"]
