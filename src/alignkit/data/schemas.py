@@ -1,0 +1,230 @@
+"""Typed dataset records and their validation.
+
+Three kinds of rows, validated when they are loaded (``alignkit.data.loading``); every error is a
+``DataError`` naming the file, the 1-based row and the field::
+
+    data/train.jsonl, row 7, field 'completion': must be a non-empty string (got '')
+
+- ``SFTRecord``: exactly one form
+    * ``prompt`` + ``completion``: prompt a non-empty string (or a list of chat messages), completion a
+      non-empty string; the loss covers the completion and its EOS.
+    * ``messages``: a list of ``{"role": "system"|"user"|"assistant", "content": str}`` with at least one
+      assistant turn of non-empty content; the loss covers assistant turns.
+    * ``text``: a non-empty string; plain language-model text, the loss covers every token.
+- ``PreferenceRecord``: ``prompt``, ``chosen``, ``rejected``, each a non-empty string or a list of chat
+  messages (``chosen`` / ``rejected`` as messages are the continuation after the prompt).
+- ``PromptRecord`` (RL): ``prompt`` (string or messages); every other field (``answer``, ``tests``,
+  ``level``, ...) is kept in ``extra`` and passed to reward functions as keyword arguments.
+
+Fields other than the ones above are kept in ``extra`` for every kind. A field whose value is None
+(a missing cell in a parquet file or a ``datasets`` table) counts as absent. Records are frozen
+dataclasses; ``source`` and ``row`` say where a record came from (``"<records>"`` for in-memory rows)
+and take no part in equality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ROLES = ("system", "user", "assistant")
+KINDS = ("sft", "preference", "prompt")
+IN_MEMORY = "<records>"
+
+Message = dict[str, str]
+Chat = list[Message]
+
+
+class DataError(ValueError):
+    """Invalid data. The message names the file, the 1-based row and, where one applies, the field."""
+
+    def __init__(self, source: str, row: int | None, field: str | None, message: str):
+        self.source, self.row, self.field = source, row, field
+        where = source if row is None else f"{source}, row {row}"
+        if field is not None:
+            where += f", field '{field}'"
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class SFTRecord:
+    """One supervised example; exactly one of (prompt, completion), messages, text is set."""
+
+    prompt: str | Chat | None = None
+    completion: str | None = None
+    messages: Chat | None = None
+    text: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    source: str = field(default=IN_MEMORY, compare=False)
+    row: int = field(default=0, compare=False)
+
+    @property
+    def form(self) -> Literal["prompt_completion", "messages", "text"]:
+        if self.messages is not None:
+            return "messages"
+        return "text" if self.text is not None else "prompt_completion"
+
+    def to_dict(self) -> dict[str, Any]:
+        names = {"prompt_completion": ("prompt", "completion"), "messages": ("messages",), "text": ("text",)}
+        return {**{k: getattr(self, k) for k in names[self.form]}, **self.extra}
+
+
+@dataclass(frozen=True)
+class PreferenceRecord:
+    """A prompt with a preferred (``chosen``) and a dispreferred (``rejected``) response."""
+
+    prompt: str | Chat
+    chosen: str | Chat
+    rejected: str | Chat
+    extra: dict[str, Any] = field(default_factory=dict)
+    source: str = field(default=IN_MEMORY, compare=False)
+    row: int = field(default=0, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected, **self.extra}
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """An RL prompt; ``extra`` holds the ground truth (``answer``, ``tests``, ...) for reward functions,
+    which are called as ``fn(completion, **record.extra)``."""
+
+    prompt: str | Chat
+    extra: dict[str, Any] = field(default_factory=dict)
+    source: str = field(default=IN_MEMORY, compare=False)
+    row: int = field(default=0, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, **self.extra}
+
+
+Record = SFTRecord | PreferenceRecord | PromptRecord
+
+
+class _Row:
+    """A raw row being validated: its fields (None values dropped) and where it came from."""
+
+    def __init__(self, raw: Any, source: str, row: int):
+        self.source, self.row = source, row
+        if not isinstance(raw, Mapping):
+            raise DataError(source, row, None, f"expected an object with named fields (got {_show(raw)})")
+        self.fields = {str(k): v for k, v in raw.items() if v is not None}
+
+    def error(self, name: str | None, message: str) -> DataError:
+        return DataError(self.source, self.row, name, message)
+
+    def has(self, name: str) -> bool:
+        return name in self.fields
+
+    def string(self, name: str) -> str:
+        value = self.fields.get(name)
+        if name not in self.fields:
+            raise self.error(name, "missing")
+        if not isinstance(value, str) or not value:
+            raise self.error(name, f"must be a non-empty string (got {_show(value)})")
+        return value
+
+    def chat(self, name: str, *, need_assistant: bool) -> Chat:
+        return _validate_chat(self, name, self.fields.get(name), need_assistant=need_assistant)
+
+    def text_or_chat(self, name: str, *, need_assistant: bool) -> str | Chat:
+        if name not in self.fields:
+            raise self.error(name, "missing")
+        if isinstance(self.fields[name], list):
+            return self.chat(name, need_assistant=need_assistant)
+        value = self.fields[name]
+        if not isinstance(value, str) or not value:
+            raise self.error(name, f"must be a non-empty string or a list of chat messages (got {_show(value)})")
+        return value
+
+    def extra(self, *known: str) -> dict[str, Any]:
+        return {k: v for k, v in self.fields.items() if k not in known}
+
+
+def _show(value: Any) -> str:
+    """Short description of a bad value for error messages: repr (cut at 60 chars), type if not a str."""
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return text if isinstance(value, str) else f"{type(value).__name__} {text}"
+
+
+def _validate_chat(row: _Row, name: str, value: Any, *, need_assistant: bool) -> Chat:
+    """A list of {role, content} messages; with ``need_assistant`` one assistant turn must have content."""
+    if not isinstance(value, list) or not value:
+        raise row.error(name, f"must be a non-empty list of chat messages (got {_show(value)})")
+    chat: Chat = []
+    for i, msg in enumerate(value):
+        where = f"{name}[{i}]"
+        if not isinstance(msg, Mapping):
+            raise row.error(where, f"must be an object with 'role' and 'content' (got {_show(msg)})")
+        unknown = sorted(set(msg) - {"role", "content"})
+        if unknown:
+            raise row.error(where, f"unknown key(s) {unknown}; a message has only 'role' and 'content'")
+        role, content = msg.get("role"), msg.get("content")
+        if role not in ROLES:
+            raise row.error(f"{where}.role", f"must be one of {list(ROLES)} (got {_show(role)})")
+        if not isinstance(content, str):
+            raise row.error(f"{where}.content", f"must be a string (got {_show(content)})")
+        chat.append({"role": role, "content": content})
+    if need_assistant and not any(m["role"] == "assistant" and m["content"] for m in chat):
+        raise row.error(name, "needs at least one assistant message with non-empty content")
+    return chat
+
+
+def parse_sft(raw: Any, *, source: str = IN_MEMORY, row: int = 0) -> SFTRecord:
+    """Validate one SFT row (a mapping) -> SFTRecord; raises DataError naming source, row and field."""
+    r = _Row(raw, source, row)
+    forms = [f for f, keys in (("prompt/completion", ("prompt", "completion")), ("messages", ("messages",)),
+                               ("text", ("text",))) if any(r.has(k) for k in keys)]
+    if not forms:
+        found = ", ".join(repr(k) for k in r.fields) or "none"
+        raise r.error(None, "no SFT form: expected fields 'prompt'+'completion', 'messages' or 'text' "
+                            f"(found: {found})")
+    if len(forms) > 1:
+        raise r.error(None, f"fields of more than one SFT form present ({' and '.join(forms)}); "
+                            "a row has exactly one of 'prompt'+'completion', 'messages', 'text'")
+    meta = dict(source=source, row=row)
+    if forms[0] == "messages":
+        return SFTRecord(messages=r.chat("messages", need_assistant=True), extra=r.extra("messages"), **meta)
+    if forms[0] == "text":
+        return SFTRecord(text=r.string("text"), extra=r.extra("text"), **meta)
+    prompt = r.text_or_chat("prompt", need_assistant=False)
+    return SFTRecord(prompt=prompt, completion=r.string("completion"), extra=r.extra("prompt", "completion"), **meta)
+
+
+def parse_preference(raw: Any, *, source: str = IN_MEMORY, row: int = 0) -> PreferenceRecord:
+    """Validate one preference row -> PreferenceRecord; raises DataError naming source, row and field."""
+    r = _Row(raw, source, row)
+    return PreferenceRecord(
+        prompt=r.text_or_chat("prompt", need_assistant=False),
+        chosen=r.text_or_chat("chosen", need_assistant=True),
+        rejected=r.text_or_chat("rejected", need_assistant=True),
+        extra=r.extra("prompt", "chosen", "rejected"), source=source, row=row,
+    )
+
+
+def parse_prompt(raw: Any, *, source: str = IN_MEMORY, row: int = 0) -> PromptRecord:
+    """Validate one RL prompt row -> PromptRecord. A ground-truth field may not be called 'completion':
+    reward functions receive the sampled completion under that name."""
+    r = _Row(raw, source, row)
+    prompt = r.text_or_chat("prompt", need_assistant=False)
+    if r.has("completion"):
+        raise r.error("completion", "not allowed in a prompt row: reward functions receive the sampled "
+                                    "completion under that name; rename the field")
+    return PromptRecord(prompt=prompt, extra=r.extra("prompt"), source=source, row=row)
+
+
+_PARSERS = {"sft": parse_sft, "preference": parse_preference, "prompt": parse_prompt}
+_TYPES = {"sft": SFTRecord, "preference": PreferenceRecord, "prompt": PromptRecord}
+
+
+def parse_record(kind: str, raw: Any, *, source: str = IN_MEMORY, row: int = 0) -> Record:
+    """Validate a row of ``kind`` ('sft', 'preference' or 'prompt'); a record of that kind passes through."""
+    if kind not in _PARSERS:
+        raise ValueError(f"unknown record kind {kind!r}; expected one of {list(KINDS)}")
+    if isinstance(raw, _TYPES[kind]):
+        return raw
+    if isinstance(raw, (SFTRecord, PreferenceRecord, PromptRecord)):
+        raise TypeError(f"expected a {kind} record or a mapping, got {type(raw).__name__}")
+    return _PARSERS[kind](raw, source=source, row=row)
