@@ -9,10 +9,10 @@ as one line that names the key. Configs are frozen: nothing mutates them at run 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -101,3 +101,49 @@ def describe(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str
 
 def to_yaml(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sections shared by the recipes.
+# ---------------------------------------------------------------------------------------------------------
+
+class LoraSection(Section):
+    enabled: bool = Field(False, description="train LoRA adapters (peft) instead of all weights")
+    r: int = Field(8, gt=0, description="LoRA rank")
+    alpha: int = Field(16, gt=0, description="LoRA alpha (scale = alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    target_modules: str = Field("all-linear", description="'all-linear' or comma-separated module names")
+
+
+class ModelSection(Section):
+    path: str = Field("bundled", description="'bundled' = the shipped tiny base model; 'tiny' = a fresh random "
+                      "tiny model; else a local model directory (save_pretrained layout)")
+    arch: Literal["llama", "qwen2"] = Field("llama", description="path=tiny: architecture")
+    hidden_size: int = Field(64, gt=0, description="path=tiny: hidden size")
+    num_layers: int = Field(2, gt=0, description="path=tiny: transformer layers")
+    num_heads: int = Field(4, gt=0, description="path=tiny: attention heads")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights dtype ('auto': bf16 on a GPU that has it, else fp32)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
+    trust_remote_code: bool = Field(False, description="allow model code from the model directory (off: safer)")
+    lora: LoraSection = Field(default_factory=LoraSection, description="LoRA adapters")
+
+
+class OptimSection(Section):
+    lr: float = Field(3e-3, gt=0, description="peak AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    warmup_steps: int = Field(10, ge=0, description="linear warmup steps")
+    schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="LR decay after warmup")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping max norm")
+
+
+class OutputSection(Section):
+    dir: str = Field("runs", description="parent directory of runs")
+    name: str = Field("run", description="run name: outputs go to <dir>/<name>/")
+    tensorboard: bool = Field(True, description="write TensorBoard events")
+    wandb: bool = Field(False, description="also log to Weights & Biases (needs `pip install wandb`)")
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0 = only at the end / on SIGTERM)")
+    keep_last: int = Field(2, ge=1, description="complete checkpoints kept")
+    resume: bool = Field(False, description="continue from the newest complete checkpoint of this run")
+    max_bad_steps: int = Field(5, ge=1, description="stop after this many consecutive non-finite steps")

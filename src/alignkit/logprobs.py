@@ -105,6 +105,7 @@ def predicted_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 def sequence_logprobs(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, temperature: float = 1.0,
     chunk_size: int = DEFAULT_CHUNK_SIZE, return_entropy: bool = False, logits_to_keep: int | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Aligned per-token logprobs (and entropies) of `input_ids` under `model`, padding-invariant.
 
@@ -117,6 +118,9 @@ def sequence_logprobs(
     Args:
         model: a causal LM returning `.logits` [B, T, V] (transformers' *ForCausalLM).
         input_ids, attention_mask: [B, T].
+        position_ids: for PACKED rows (several examples per row, see alignkit.data.packing): positions restart
+            at 0 at each example; the model then builds a block-diagonal causal mask (no attention across
+            examples) and the first token of each example gets 0, like position 0.
         logits_to_keep: if k, the model computes logits for the last k+1 positions only and only the last k
             columns of the output are filled (the rest 0): enough when responses sit at the end (left
             padding), and it saves the lm_head on the prompt. None computes every position.
@@ -126,16 +130,19 @@ def sequence_logprobs(
     """
     _check_temperature(temperature)
     B, T = input_ids.shape
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    packed = position_ids is not None
+    if not packed:
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     if logits_to_keep is not None and logits_to_keep < 1:
         raise ValueError(f"logits_to_keep must be >= 1 or None, got {logits_to_keep}")
     keep = T if logits_to_keep is None else min(logits_to_keep + 1, T)  # logits at T-k-1 predict token T-k
     kwargs = {} if keep == T else {"logits_to_keep": keep}
     logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs,
+        input_ids=input_ids, attention_mask=None if packed else attention_mask, position_ids=position_ids,
+        use_cache=False, **kwargs,
     ).logits  # [B, keep, V]: positions T-keep .. T-1
     kept_ids = input_ids[:, T - keep:]
-    valid = predicted_mask(attention_mask)
+    valid = attention_mask.bool() & (position_ids > 0) if packed else predicted_mask(attention_mask)
 
     def place(values: torch.Tensor) -> torch.Tensor:  # [B, keep] -> [B, T], zero outside the kept / valid
         full = values.new_zeros(B, T)

@@ -4,7 +4,8 @@ import pytest
 
 from alignkit.cli import main
 from alignkit.config import ConfigError, describe, load_config, parse_overrides
-from alignkit.recipes.sft import SFTConfig, lr_factor
+from alignkit.infra.train import lr_factor
+from alignkit.recipes.sft import SFTConfig
 
 
 def test_overrides_are_yaml_typed_and_nested():

@@ -20,14 +20,34 @@ def _scalar(v):
 
 class RunLogger:
     """Appends one JSON object per ``log`` call to ``run_dir/metrics.jsonl`` (flushed at once, so nothing is
-    lost on a crash) and mirrors the numbers to TensorBoard when ``tensorboard`` is True."""
+    lost on a crash) and mirrors the numbers to TensorBoard when ``tensorboard`` is True.
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True):
+    ``resume_step``: continuing from a checkpoint at that step, rows logged after it (by the interrupted
+    run) are dropped so the file reads like one uninterrupted run. ``enabled=False`` (non-main processes)
+    makes every call a no-op.
+    """
+
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, resume_step: int | None = None,
+                 enabled: bool = True, wandb_project: str | None = None):
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self._tb = self._wandb = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()  # a fresh run replaces an old file of the same name
         self._file = self.path.open("a")
-        self._tb = None
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError as err:
+                raise ImportError("output.wandb=true needs Weights & Biases: pip install wandb") from err
+            self._wandb = wandb.init(project=wandb_project, name=self.run_dir.name, dir=str(self.run_dir))
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -35,6 +55,10 @@ class RunLogger:
 
     def log(self, step: int, metrics: dict) -> dict:
         row = {"step": step, **{k: _scalar(v) for k, v in metrics.items()}}
+        if not self.enabled:
+            return row
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         if self._tb is not None:
@@ -44,9 +68,13 @@ class RunLogger:
         return row
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -1,0 +1,125 @@
+"""Training-loop building blocks shared by the recipes (functions, not a trainer class).
+
+Distributed exactness: a recipe normalizes its loss by a count over the WHOLE global batch (all
+micro-batches, all processes: :func:`global_sum`). DDP averages gradients over processes, so each process
+multiplies its loss by the world size (:func:`backward`); the summed gradient is then exactly the gradient
+of the full-batch loss, and 1 process x 8 micro-batches trains like 2 processes x 4 or 8 x 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from alignkit.config import LoraSection, ModelSection, OptimSection
+
+
+def setup_accelerator(precision: str = "no"):
+    """An accelerate ``Accelerator``: one process, or DDP/FSDP/DeepSpeed under ``accelerate launch`` /
+    ``torchrun`` (same code). ``precision``: 'no', 'bf16' or 'fp16' autocast where the hardware has it."""
+    from accelerate import Accelerator
+
+    if precision != "no" and not torch.cuda.is_available():
+        precision = "no"  # CPU autocast in bf16 is slower than fp32 on most CPUs and changes the numbers
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+
+
+def global_sum(accelerator, value: float | int) -> float:
+    """Sum of a per-process number over all processes (e.g. response tokens of the global batch)."""
+    if accelerator.num_processes == 1:
+        return float(value)
+    t = torch.tensor(float(value), device=accelerator.device, dtype=torch.float64)
+    return float(accelerator.reduce(t, reduction="sum"))
+
+
+def backward(accelerator, loss: torch.Tensor) -> None:
+    """Backward of a loss already normalized by a global count (see module docstring)."""
+    accelerator.backward(loss * accelerator.num_processes)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimSection) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+
+
+def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
+    """Multiplier of the peak LR at ``step`` (0-based): linear warmup, then constant, linear or cosine to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer, cfg: OptimSection, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup=cfg.warmup_steps, total=total_steps, schedule=cfg.schedule)
+    )
+
+
+def apply_lora(model, cfg: LoraSection):
+    """Wrap ``model`` with peft LoRA adapters; only adapter weights stay trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = "all-linear" if cfg.target_modules == "all-linear" else [
+        m.strip() for m in cfg.target_modules.split(",") if m.strip()]
+    config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                        task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def prepare_model(model, cfg: ModelSection):
+    """Gradient checkpointing and LoRA as the config asks."""
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
+    return model
+
+
+def export_model(model):
+    """The plain transformers model to save: LoRA adapters merged, DDP/compile wrappers removed."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
+class NonFiniteGuard:
+    """Skips a step whose loss or gradient norm is not finite; too many in a row stop the run."""
+
+    def __init__(self, max_consecutive: int):
+        self.max_consecutive = max_consecutive
+        self.consecutive = 0
+        self.total = 0
+
+    def check(self, loss: float, grad_norm: float, step: int) -> bool:
+        """True if the step may be applied; False to skip it. Raises after ``max_consecutive`` bad steps."""
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            self.consecutive = 0
+            return True
+        self.consecutive += 1
+        self.total += 1
+        if self.consecutive >= self.max_consecutive:
+            raise FloatingPointError(
+                f"step {step}: {self.consecutive} consecutive non-finite steps (loss={loss}, grad_norm="
+                f"{grad_norm}); stopping. Lower optim.lr or check the data; the last good checkpoint is kept."
+            )
+        return False
+
+
+def optimizer_step(model, optimizer, scheduler, *, max_grad_norm: float, guard: NonFiniteGuard, loss: float,
+                   step: int) -> tuple[float, bool]:
+    """Clip, then step (or skip a non-finite step); returns (grad_norm, applied)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    applied = guard.check(loss, grad_norm, step)
+    if applied:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, applied
