@@ -11,6 +11,7 @@ import json
 import sys
 
 from alignkit.config import ConfigError, describe, load_config
+from alignkit.data.schemas import DataError
 
 # command -> (module, config class name, one-line description)
 RECIPES = {
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         return _run_recipe(name, rest)
     except ConfigError as err:
         print(f"alignkit: config error: {err}", file=sys.stderr)
+        return 2
+    except (DataError, FileNotFoundError) as err:
+        print(f"alignkit: {err}", file=sys.stderr)
         return 2
 
 

@@ -66,3 +66,9 @@ def test_lr_schedule_shapes():
     assert lr_factor(60, warmup=10, total=110, schedule="cosine") == pytest.approx(0.5)
     assert lr_factor(110, warmup=10, total=110, schedule="linear") == pytest.approx(0.0)
     assert lr_factor(50, warmup=0, total=100, schedule="constant") == 1.0
+
+
+def test_missing_dataset_file_is_one_line(tmp_path, capsys):
+    rc = main(["sft", "model.path=tiny", f"data.train_file={tmp_path}/nope.jsonl", f"output.dir={tmp_path}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "nope.jsonl" in err and "\n" not in err

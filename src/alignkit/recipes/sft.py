@@ -234,10 +234,10 @@ def run(cfg: SFTConfig) -> dict:
             logger.log(done, metrics)
             bar.set_postfix(loss=f"{loss_total:.3f}", **({"acc": f"{metrics['eval/answer_accuracy']:.2f}"}
                                                          if "eval/answer_accuracy" in metrics else {}))
-            if stop.requested or (cfg.output.save_every and done % cfg.output.save_every == 0):
+            interrupted = stop.requested
+            if interrupted or (cfg.output.save_every and done % cfg.output.save_every == 0):
                 checkpoint(done)
-            if stop.requested:
-                interrupted = True
+            if interrupted:
                 break
     logger.close()
     summary = {"start": start_metrics, "end": {k: v for k, v in metrics.items() if k.startswith("eval/")},
