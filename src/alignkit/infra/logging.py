@@ -126,3 +126,16 @@ class PhaseTimer:
         if reset:
             self.totals.clear()
         return out
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm progress bar with ETA; redrawn at most every 10 s when stderr is not a terminal (log files,
+    CI), so logs get a readable line now and then instead of one per step."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("dynamic_ncols", True)
+    if not sys.stderr.isatty():
+        kwargs.setdefault("mininterval", 10.0)
+    return tqdm(iterable, **kwargs)

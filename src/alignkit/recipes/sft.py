@@ -26,10 +26,9 @@ from typing import Literal
 
 import torch
 from pydantic import Field
-from tqdm.auto import tqdm
 
 from alignkit.config import ModelSection, OptimSection, OutputSection, Section, to_yaml
-from alignkit.infra import PhaseTimer, RunLogger, plot_metrics, seed_everything
+from alignkit.infra import PhaseTimer, RunLogger, plot_metrics, progress, seed_everything
 from alignkit.infra.checkpoint import GracefulStop, latest_checkpoint, load_checkpoint, save_checkpoint
 from alignkit.infra.train import (
     NonFiniteGuard,
@@ -198,8 +197,8 @@ def run(cfg: SFTConfig) -> dict:
         acc.wait_for_everyone()
 
     t0, metrics, step, interrupted = time.perf_counter(), dict(start_metrics), start_step, False
-    bar = tqdm(range(start_step, cfg.train.steps), desc="sft", unit="step", dynamic_ncols=True,
-               disable=not acc.is_main_process, initial=start_step, total=cfg.train.steps)
+    bar = progress(range(start_step, cfg.train.steps), desc="sft", unit="step", disable=not acc.is_main_process,
+                   initial=start_step, total=cfg.train.steps)
     with GracefulStop() as stop:
         for step in bar:
             with timer("data"):
