@@ -1,10 +1,58 @@
 """Reward functions: ``fn(completion: str, **example_fields) -> float``, each usable on its own.
 
-Imports only the standard library (and torch/numpy where needed): a test asserts it.
+Imports only the standard library (and torch/numpy where needed): a test asserts it. math-verify and sympy
+are imported lazily, inside the symbolic answer check. Model-written code runs only in ``sandbox``.
+A reward that cannot score a sample raises ``RewardError``; ``score``/``score_batch`` turn that (and NaN,
+inf, any exception) into a counted failed sample left out of the loss, never a 0.
 """
 
-from alignkit.rewards.accuracy import accuracy_reward, answers_match, extract_answer, parse_number
+from alignkit.rewards.accuracy import (
+    accuracy_reward,
+    answers_match,
+    extract_answer,
+    normalize_answer,
+    parse_number,
+)
+from alignkit.rewards.code import SandboxError, code_reward, extract_code
 from alignkit.rewards.combine import combine
-from alignkit.rewards.format import format_reward
+from alignkit.rewards.errors import RewardError
+from alignkit.rewards.format import format_reward, format_reward_soft
+from alignkit.rewards.language import language_consistency_reward
+from alignkit.rewards.length import length_penalty
+from alignkit.rewards.registry import (
+    BUILTIN_REWARDS,
+    ScoredSample,
+    build_rewards,
+    resolve_reward,
+    reward_metrics,
+    score,
+    score_batch,
+)
+from alignkit.rewards.sandbox import SandboxResult, run_in_sandbox, run_many
 
-__all__ = ["accuracy_reward", "answers_match", "combine", "extract_answer", "format_reward", "parse_number"]
+__all__ = [
+    "BUILTIN_REWARDS",
+    "RewardError",
+    "SandboxError",
+    "SandboxResult",
+    "ScoredSample",
+    "accuracy_reward",
+    "answers_match",
+    "build_rewards",
+    "code_reward",
+    "combine",
+    "extract_answer",
+    "extract_code",
+    "format_reward",
+    "format_reward_soft",
+    "language_consistency_reward",
+    "length_penalty",
+    "normalize_answer",
+    "parse_number",
+    "resolve_reward",
+    "reward_metrics",
+    "run_in_sandbox",
+    "run_many",
+    "score",
+    "score_batch",
+]

@@ -1,16 +1,54 @@
 """Accuracy reward: the final answer, extracted from the completion, compared with the ground truth.
 
-Model text is never evaluated: numbers are parsed with ``fractions.Fraction``.
+Model text is never evaluated. Comparison, first match wins:
+
+1. numeric (fast path): both sides parse as plain numbers -> exact rationals (``fractions.Fraction``), so
+   "42" == "42.0", "1/2" == "0.5", "$0.05" == "0.05", "-3" == "-3.0", "1,000" == "1000";
+2. normalized text equality;
+3. symbolic, only when (1) could not parse a side: math-verify's LaTeX parser (``math_verify.parse`` with
+   ``LatexExtractionConfig`` only; its plain-expression extractor calls ``sympy.parse_expr``, which uses
+   ``eval``, and is not used) and ``math_verify.verify``, e.g. "\\sqrt{2}/2" == "\\frac{1}{\\sqrt{2}}",
+   "2(x+1)" == "2x+2", "\\{1,2\\}" == "\\{2,1\\}". Without math-verify, ``sympy.parsing.latex.parse_latex`` if
+   its antlr runtime is present; else no symbolic step (logged once). Answers over 400 characters skip it.
+   Timeouts: math-verify's (SIGALRM, 1 s) in the main thread; elsewhere none (documented limit).
+
+Decisions: normalization strips ``$`` (currency and math delimiters), ``\\boxed{}``, ``\\left``/``\\right``,
+``\\dfrac``/``\\tfrac`` -> ``\\frac``, ``\\frac{a}{b}`` of two integers -> a/b, a trailing period, and a single
+variable assignment: "x = 5" matches "5" (the right-hand side is the answer). A comma is a thousands separator
+only in groups of three ("1,000"); "1,2" is a list, left to the symbolic step. Units in words do not match
+("5 cents" != "$0.05", as in the lecture's bat-and-ball example). Percent signs go to the symbolic step,
+which accepts "10%" for both "10" and "0.1".
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from fractions import Fraction
 
+logger = logging.getLogger(__name__)
+
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(/\d+)?$")
+_THOUSANDS = re.compile(r"(?<![\d,])\d{1,3}(,\d{3})+(?![\d,])")
+_ASSIGN = re.compile(r"^[A-Za-z]\s*=\s*(?P<rhs>[^=<>]+)$")
+_INT_FRAC = re.compile(r"^(-?)\\frac\{\s*(-?\d+)\s*\}\{\s*(\d+)\s*\}$")
+_SYMBOLIC_MAX_CHARS = 400
+_warned_no_symbolic = False
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}``, braces matched (so ``\\boxed{\\frac{1}{2}}`` works)."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 0, start + len("\\boxed")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1 : j]
+    return None
 
 
 def extract_answer(completion: str) -> str | None:
@@ -18,13 +56,14 @@ def extract_answer(completion: str) -> str | None:
 
     >>> extract_answer("<think>2+2=4</think><answer> 4 </answer>")
     '4'
-    >>> extract_answer("so the result is \\\\boxed{12}") is None
-    False
+    >>> extract_answer("so the result is \\\\boxed{\\\\frac{1}{2}}")
+    '\\\\frac{1}{2}'
     >>> extract_answer("no answer here") is None
     True
     """
-    found = _ANSWER.findall(completion) or _BOXED.findall(completion)
-    return found[-1].strip() if found else None
+    found = _ANSWER.findall(completion)
+    answer = found[-1] if found else _last_boxed(completion)
+    return answer.strip() if answer is not None else None
 
 
 def parse_number(text: str) -> Fraction | None:
@@ -32,10 +71,11 @@ def parse_number(text: str) -> Fraction | None:
 
     >>> parse_number("$1,000.50") == Fraction(200100, 200)
     True
-    >>> parse_number("x+1") is None
-    True
+    >>> parse_number("x+1") is None, parse_number("1,2") is None
+    (True, True)
     """
-    s = text.strip().replace(",", "").replace("$", "").replace(" ", "")
+    s = text.strip().replace("\\$", "").replace("$", "").replace(" ", "")
+    s = _THOUSANDS.sub(lambda m: m.group(0).replace(",", ""), s)
     if not _NUMBER.match(s):
         return None
     try:
@@ -44,16 +84,75 @@ def parse_number(text: str) -> Fraction | None:
         return None
 
 
+def normalize_answer(text: str) -> str:
+    """The answer with presentation removed (see the module docstring for the list).
+
+    >>> normalize_answer(" $x = \\\\dfrac{3}{4}$. "), normalize_answer("\\\\boxed{\\\\left(1, 2\\\\right)}")
+    ('3/4', '(1, 2)')
+    """
+    s = str(text).strip()
+    boxed = _last_boxed(s)
+    if boxed is not None and s.startswith("\\boxed{") and s.endswith("}"):
+        s = boxed.strip()
+    s = s.replace("\\$", "").replace("$", "").replace("\\left", "").replace("\\right", "")
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\!", "").strip().rstrip(".").strip()
+    m = _ASSIGN.match(s)
+    if m:
+        s = m.group("rhs").strip()
+    m = _INT_FRAC.match(s)
+    if m:
+        s = f"{m.group(1)}{m.group(2)}/{m.group(3)}"
+    return s
+
+
+def _symbolic_equal(predicted: str, truth: str) -> bool:
+    if max(len(predicted), len(truth)) > _SYMBOLIC_MAX_CHARS:
+        return False
+    in_main = threading.current_thread() is threading.main_thread()
+    try:
+        from math_verify import LatexExtractionConfig, parse, verify
+    except ImportError:
+        return _sympy_equal(predicted, truth, in_main)
+    timeout = 1 if in_main else None
+    config = [LatexExtractionConfig()]
+    gold, pred = (parse("$" + s.replace("%", "\\%") + "$", extraction_config=config, parsing_timeout=timeout)
+                  for s in (truth, predicted))
+    return bool(gold and pred and verify(gold, pred, timeout_seconds=timeout))
+
+
+def _sympy_equal(predicted: str, truth: str, in_main: bool) -> bool:
+    """Fallback without math-verify: sympy's LaTeX parser (never ``sympify``), difference simplified to 0."""
+    global _warned_no_symbolic
+    try:
+        import sympy
+        from sympy.parsing.latex import parse_latex
+
+        a, b = parse_latex(predicted), parse_latex(truth)
+        return bool(sympy.simplify(a - b) == 0)
+    except ImportError as e:
+        if not _warned_no_symbolic:
+            logger.warning("no symbolic answer check (install math-verify): %s", e)
+            _warned_no_symbolic = True
+    except Exception:  # unparsable LaTeX, or a difference sympy cannot form: not equal
+        pass
+    return False
+
+
 def answers_match(predicted: str, truth: str) -> bool:
-    """Numeric equality when both parse as numbers, else exact string equality after stripping.
+    """Numeric equality when both parse as numbers, else normalized text, else symbolic equivalence.
 
     >>> answers_match("42.0", "42"), answers_match("0.5", "1/2"), answers_match("41", "42")
     (True, True, False)
+    >>> answers_match("x = 5", "5"), answers_match("\\\\frac{1}{2}", "0.5"), answers_match("5 cents", "$0.05")
+    (True, True, False)
     """
-    p, t = parse_number(predicted), parse_number(truth)
-    if p is not None and t is not None:
-        return p == t
-    return predicted.strip() == str(truth).strip()
+    p, t = normalize_answer(predicted), normalize_answer(str(truth))
+    pn, tn = parse_number(p), parse_number(t)
+    if pn is not None and tn is not None:
+        return pn == tn
+    if p == t:
+        return True
+    return bool(p) and bool(t) and _symbolic_equal(p, t)
 
 
 def accuracy_reward(completion: str, *, answer: str | int | float, **_: object) -> float:
