@@ -6,6 +6,8 @@ Row layout: [B, T] token tensors aligned with a ``response_mask`` (1 = a respons
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from alignkit.losses.aggregate import masked_mean
@@ -84,13 +86,25 @@ def whiten(
     return out * response_mask
 
 
+def _group_index(n: int, group_size: int | Sequence[int]) -> tuple[torch.Tensor, int]:
+    """Row -> group id for fixed (int) or ragged (one size per group) contiguous groups."""
+    sizes = [group_size] * (n // group_size) if isinstance(group_size, int) else list(group_size)
+    if (isinstance(group_size, int) and n % group_size) or sum(sizes) != n or min(sizes, default=1) < 1:
+        raise ValueError(
+            f"rewards must be 1-D with a length divisible by group_size={group_size}, got shape ({n},)"
+            if isinstance(group_size, int) else f"group sizes {sizes} do not add up to the {n} rewards"
+        )
+    return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)), len(sizes)
+
+
 def group_advantages(
     rewards: torch.Tensor,
-    group_size: int,
+    group_size: int | Sequence[int],
     *,
     eps: float = 1e-8,
     std_ddof: int = 0,
     scale: bool = True,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """GRPO's group-relative advantage, one value per sequence.
 
@@ -102,29 +116,39 @@ def group_advantages(
     Lecture example: r = [1, 1, 0] -> A = [0.7071, 0.7071, -1.4142].
 
     Args:
-        rewards: [N] raw scalar rewards, N = num_prompts * G, the G samples of a prompt contiguous.
+        rewards: [N] raw scalar rewards, the samples of a prompt in contiguous rows.
+        group_size: G (int, N = num_prompts * G), or one size per group for ragged groups (adaptive G).
+        valid: optional [N] bool; False rows (e.g. a failed verifier) are left out of their group's
+            statistics and get advantage 0. A group with no more than ``std_ddof`` valid rows gets 0.
     Returns:
-        [N] advantages (float32 or the input's float dtype).
+        [N] advantages (float32, or the input's float dtype).
     """
-    if rewards.dim() != 1 or rewards.numel() % group_size != 0:
-        raise ValueError(
-            f"rewards must be 1-D with a length divisible by group_size={group_size}, got shape "
-            f"{tuple(rewards.shape)}"
-        )
-    if std_ddof >= group_size and scale:
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D, got shape {tuple(rewards.shape)}")
+    if isinstance(group_size, int) and std_ddof >= group_size and scale:
         raise ValueError(f"std_ddof={std_ddof} needs group_size > {std_ddof}, got {group_size}")
-    r = rewards.view(-1, group_size)
-    r = r.float() if not r.is_floating_point() else r
-    centered = r - r.mean(dim=1, keepdim=True)
-    all_equal = (r == r[:, :1]).all(dim=1, keepdim=True)
+    gid, n_groups = _group_index(rewards.numel(), group_size)
+    r = rewards if rewards.is_floating_point() else rewards.float()
+    v = torch.ones_like(r, dtype=torch.bool) if valid is None else valid.bool()
+    r_valid = torch.where(v, r, torch.zeros_like(r))
+    zeros = torch.zeros(n_groups, dtype=r.dtype)
+    count = zeros.scatter_add(0, gid, v.to(r.dtype))
+    mean = zeros.scatter_add(0, gid, r_valid) / count.clamp(min=1)
+    centered = torch.where(v, r - mean[gid], torch.zeros_like(r))
+    hi = zeros.scatter_reduce(0, gid, torch.where(v, r, torch.full_like(r, -torch.inf)), "amax", include_self=False)
+    lo = zeros.scatter_reduce(0, gid, torch.where(v, r, torch.full_like(r, torch.inf)), "amin", include_self=False)
+    degenerate = (hi == lo) | (count <= (std_ddof if scale else 0))
     if scale:
-        std = r.std(dim=1, correction=std_ddof, keepdim=True)
-        centered = centered / (std + eps)
-    return torch.where(all_equal, torch.zeros_like(centered), centered).view(-1)
+        var = zeros.scatter_add(0, gid, centered.square()) / (count - std_ddof).clamp(min=1)
+        centered = centered / (var.sqrt()[gid] + eps)
+    return torch.where(degenerate[gid] | ~v, torch.zeros_like(centered), centered)
 
 
-def zero_variance_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """[N] rewards -> [N / G] bool: True where every sample of the group got the same reward
+def zero_variance_groups(rewards: torch.Tensor, group_size: int | Sequence[int]) -> torch.Tensor:
+    """[N] rewards -> [num_groups] bool: True where every sample of the group got the same reward
     (such a group has zero advantages and contributes no policy gradient)."""
-    r = rewards.view(-1, group_size)
-    return (r == r[:, :1]).all(dim=1)
+    gid, n_groups = _group_index(rewards.numel(), group_size)
+    r = rewards.float()
+    hi = torch.zeros(n_groups).scatter_reduce(0, gid, r, "amax", include_self=False)
+    lo = torch.zeros(n_groups).scatter_reduce(0, gid, r, "amin", include_self=False)
+    return hi == lo

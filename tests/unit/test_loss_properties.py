@@ -203,3 +203,24 @@ def test_adaptive_kl_scripted_sequence():
     c = AdaptiveKLController(0.02, 0.01)
     # 0.02 -> x2 (0.02 > 0.015) -> 0.04 ; 0.012 in band -> 0.04 ; 0.001 < 0.00667 -> 0.02 ; 0.5 -> 0.04
     assert [c.update(k) for k in (0.02, 0.012, 0.001, 0.5)] == pytest.approx([0.04, 0.04, 0.02, 0.04])
+
+
+def test_group_advantages_ragged_groups_equal_fixed_groups_one_by_one():
+    r = torch.tensor([1.0, 0.0, 0.0, 2.0, 2.0, 5.0, 1.0, 3.0, 3.0], dtype=torch.float64)
+    sizes = [3, 2, 4]
+    got = group_advantages(r, sizes)
+    want = torch.cat([group_advantages(part, len(part)) for part in torch.split(r, sizes)])
+    assert torch.allclose(got, want)
+    assert zero_variance_groups(r, sizes).tolist() == [False, True, False]
+    with pytest.raises(ValueError, match=r"group sizes \[3, 3\] do not add up to the 9 rewards"):
+        group_advantages(r, [3, 3])
+
+
+def test_group_advantages_leave_invalid_rows_out_of_the_statistics():
+    # group [1, 0, <failed>, 0]: stats over the 3 valid rows: mean 1/3, std 0.4714 -> [1.4142, -0.7071, 0, -0.7071]
+    r = torch.tensor([1.0, 0.0, 123.0, 0.0], dtype=torch.float64)
+    valid = torch.tensor([True, True, False, True])
+    got = group_advantages(r, 4, valid=valid)
+    assert got.tolist() == pytest.approx([1.414214, -0.707107, 0.0, -0.707107], abs=1e-6)
+    # a group left with a single valid row has nothing to compare against: 0
+    assert group_advantages(r[:2], 2, valid=torch.tensor([True, False])).tolist() == [0.0, 0.0]
