@@ -21,11 +21,10 @@ import tempfile
 from pathlib import Path
 
 from alignkit.config import load_config
-from alignkit.data import ideal_trace, make_split, write_jsonl
-from alignkit.models import BUNDLED_DIR
+from alignkit.data import ideal_trace, write_jsonl
+from alignkit.evaluation import EVAL_SEED, arithmetic_eval_set, arithmetic_train_problems, evaluate_model
+from alignkit.models import BUNDLED_DIR, load_causal_lm, load_tokenizer
 from alignkit.recipes import sft
-from alignkit.rewards import answers_match, format_reward
-from alignkit.rewards.accuracy import extract_answer
 
 
 def completion(problem, rng: random.Random, r1_share: float) -> str:
@@ -38,7 +37,6 @@ def completion(problem, rng: random.Random, r1_share: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=BUNDLED_DIR, help="where to write the model (default: the package assets)")
-    ap.add_argument("--levels", default="1,2,3", help="arithmetic levels of the pretraining data")
     ap.add_argument("--n-train", type=int, default=20000, help="training problems")
     ap.add_argument("--steps", type=int, default=900, help="SFT steps")
     ap.add_argument("--r1-share", type=float, default=0.08, help="share of completions in the R1 format")
@@ -47,9 +45,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed")
     args = ap.parse_args()
 
-    levels = [int(x) for x in args.levels.split(",")]
     rng = random.Random(args.seed)
-    train_p, eval_p = make_split(args.n_train, 200, level=levels, seed=args.seed + 1000)
+    # the training questions exclude alignkit.evaluation's held-out set (levels 1-3, seed 1000)
+    train_p, eval_p = arithmetic_train_problems(args.n_train), arithmetic_eval_set()
     work = Path(tempfile.mkdtemp(prefix="alignkit-base-"))
     write_jsonl([{"prompt": p.question, "completion": completion(p, rng, args.r1_share)} for p in train_p],
                 work / "train.jsonl")
@@ -62,24 +60,16 @@ def main() -> None:
     ])
     summary = sft.run(cfg)
 
-    # Held-out check with greedy decoding: lenient accuracy (answer anywhere) and R1-format share.
-    from alignkit.data import render_prompt
-    from alignkit.models import load_causal_lm, load_tokenizer
-    from alignkit.rollout import generate
-
+    # Held-out check with greedy decoding, scored like every other stage (alignkit.evaluation).
     final = work / "base" / "final"
-    model, tok = load_causal_lm(final), load_tokenizer(final)
-    out = generate(model, tok, [render_prompt(tok, p.question) for p in eval_p], num_samples=1,
-                   max_new_tokens=48, temperature=0.0)
-    correct = [answers_match(extract_answer(t) or t.split("=")[-1], str(p.answer)) for t, p in zip(out.completions, eval_p)]
-    accuracy = sum(correct) / len(eval_p)
-    fmt = sum(format_reward(t) for t in out.completions) / len(eval_p)
+    scores = evaluate_model(load_causal_lm(final), load_tokenizer(final), eval_p)
+    accuracy, fmt = scores["accuracy"], scores["format"]
     print(f"held-out greedy accuracy {accuracy:.3f}, R1-format share {fmt:.3f}, eval loss {summary['end']['eval/loss']:.3f}")
 
     if args.out.exists():
         shutil.rmtree(args.out)
     shutil.copytree(final, args.out)
-    card = {"levels": levels, "n_train": args.n_train, "steps": args.steps, "r1_share": args.r1_share,
+    card = {"levels": [1, 2, 3], "eval_seed": EVAL_SEED, "n_train": args.n_train, "steps": args.steps, "r1_share": args.r1_share,
             "seed": args.seed, "hidden_size": args.hidden_size, "num_layers": args.num_layers,
             "held_out_greedy_accuracy": accuracy, "held_out_r1_format_share": fmt, "held_out_problems": len(eval_p)}
     (args.out / "alignkit_base.json").write_text(json.dumps(card, indent=1))

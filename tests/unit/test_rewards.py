@@ -74,13 +74,22 @@ def test_answers_match(predicted, truth, expected):
         ("The answer is \\boxed{\\frac{1}{2}}.", "0.5", 1.0),  # nested braces in \boxed
         ("<answer>\\boxed{7}</answer>", 7, 1.0),
         ("<answer>1</answer> then <answer>2</answer>", 2, 1.0),  # the last answer counts
-        ("<answer>5", 5, 0.0),  # broken tag: no answer
-        ("no answer at all: 5", 5, 0.0),
+        ("<answer>5", 5, 1.0),  # broken tag: lenient extraction falls back to the last number
+        ("plain text ending in 5", 5, 1.0),
+        ("plain text ending in 6", 5, 0.0),
+        ("no number at all", 5, 0.0),
+        ("<think>5</think> so it is 4", 5, 0.0),  # numbers inside the reasoning do not count
         ("<think>x</think><answer>$0.05</answer>", "$0.05", 1.0),
     ],
 )
 def test_accuracy_reward(completion, answer, expected):
     assert accuracy_reward(completion, answer=answer) == expected
+
+
+@pytest.mark.parametrize("completion, expected", [("<answer>5", 0.0), ("23+45=5", 0.0), ("<answer>5</answer>", 1.0),
+                                                  ("\\boxed{5}", 1.0)])
+def test_accuracy_reward_strict_needs_tags(completion, expected):
+    assert accuracy_reward(completion, answer=5, strict=True) == expected
 
 
 def test_extract_answer_prefers_answer_tags_over_boxed():

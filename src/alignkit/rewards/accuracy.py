@@ -29,6 +29,7 @@ from fractions import Fraction
 
 logger = logging.getLogger(__name__)
 
+_LAST_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(/\d+)?$")
 _THOUSANDS = re.compile(r"(?<![\d,])\d{1,3}(,\d{3})+(?![\d,])")
@@ -51,18 +52,27 @@ def _last_boxed(text: str) -> str | None:
     return None
 
 
-def extract_answer(completion: str) -> str | None:
-    """The last ``<answer>...</answer>`` content, else the last ``\\boxed{...}``, else None.
+def extract_answer(completion: str, *, strict: bool = False) -> str | None:
+    """The last ``<answer>...</answer>`` content, else the last ``\\boxed{...}``, else (unless ``strict``)
+    the last number in the text after any ``</think>``; None if there is none.
+
+    Accuracy measures whether the answer is right; whether it is in the R1 layout is the format reward's
+    job, so a plain "23+45=68" counts as the answer 68. ``strict=True`` accepts tagged answers only.
 
     >>> extract_answer("<think>2+2=4</think><answer> 4 </answer>")
     '4'
     >>> extract_answer("so the result is \\\\boxed{\\\\frac{1}{2}}")
     '\\\\frac{1}{2}'
+    >>> extract_answer("23+45=68"), extract_answer("23+45=68", strict=True)
+    ('68', None)
     >>> extract_answer("no answer here") is None
     True
     """
     found = _ANSWER.findall(completion)
     answer = found[-1] if found else _last_boxed(completion)
+    if answer is None and not strict:
+        numbers = _LAST_NUMBER.findall(completion.rsplit("</think>", 1)[-1])
+        answer = numbers[-1] if numbers else None
     return answer.strip() if answer is not None else None
 
 
@@ -155,13 +165,13 @@ def answers_match(predicted: str, truth: str) -> bool:
     return bool(p) and bool(t) and _symbolic_equal(p, t)
 
 
-def accuracy_reward(completion: str, *, answer: str | int | float, **_: object) -> float:
-    """1.0 if the completion's final answer equals ``answer``, else 0.0.
+def accuracy_reward(completion: str, *, answer: str | int | float, strict: bool = False, **_: object) -> float:
+    """1.0 if the completion's final answer equals ``answer``, else 0.0 (``strict``: tagged answers only).
 
     >>> accuracy_reward("<think>12*3=36</think><answer>36</answer>", answer=36)
     1.0
-    >>> accuracy_reward("<answer>35</answer>", answer="36")
-    0.0
+    >>> accuracy_reward("<answer>35</answer>", answer="36"), accuracy_reward("12*3=36", answer=36, strict=True)
+    (0.0, 0.0)
     """
-    predicted = extract_answer(completion)
+    predicted = extract_answer(completion, strict=strict)
     return 1.0 if predicted is not None and answers_match(predicted, str(answer)) else 0.0
