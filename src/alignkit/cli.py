@@ -16,6 +16,9 @@ from alignkit.data.schemas import DataError
 # command -> (module, config class name, one-line description)
 RECIPES = {
     "sft": ("alignkit.recipes.sft", "SFTConfig", "supervised fine-tuning on prompt/completion, messages or text"),
+    "grpo": ("alignkit.recipes.grpo", "GRPOConfig", "GRPO with verifiable rule-based rewards"),
+    "rm": ("alignkit.recipes.reward_model", "RMConfig", "reward model (Bradley-Terry) on prompt/chosen/rejected pairs"),
+    "dpo": ("alignkit.recipes.dpo", "DPOConfig", "direct preference optimization on prompt/chosen/rejected pairs"),
 }
 DEMO_CONFIG = "configs/sft/arith_tiny.yaml"
 

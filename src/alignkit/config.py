@@ -66,6 +66,21 @@ def _one_line(err: ValidationError, source: str) -> str:
     return f"{source}: '{loc}': {first['msg']}{got_text}{more}"
 
 
+def _over_defaults(cls: type[BaseModel], data: dict, defaults: BaseModel) -> dict:
+    """``data`` laid over the values of ``defaults`` section by section, so that setting one key of a section
+    keeps the recipe's own defaults for the others (a recipe may default e.g. ``optim`` to other values than
+    the section class does). Plain dict-valued fields are replaced, not merged. Unknown keys are kept, so
+    validation reports them."""
+    out: dict = dict(data)
+    for name, field in cls.model_fields.items():
+        ann, current = field.annotation, getattr(defaults, name)
+        if name not in data:
+            out[name] = current
+        elif isinstance(ann, type) and issubclass(ann, BaseModel) and isinstance(data[name], dict):
+            out[name] = _over_defaults(ann, data[name], current)
+    return out
+
+
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
     """Build ``cls`` from a YAML file (optional) plus dotted overrides; raise ConfigError on any problem."""
     data: dict = {}
@@ -81,7 +96,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         data = loaded
     data = _merge(data, parse_overrides(overrides or []))
     try:
-        return cls.model_validate(data)
+        return cls.model_validate(_over_defaults(cls, data, cls()))
     except ValidationError as err:
         raise ConfigError(_one_line(err, source)) from None
 

@@ -72,3 +72,17 @@ def test_missing_dataset_file_is_one_line(tmp_path, capsys):
     rc = main(["sft", "model.path=tiny", f"data.train_file={tmp_path}/nope.jsonl", f"output.dir={tmp_path}"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "nope.jsonl" in err and "\n" not in err
+
+
+def test_setting_one_key_keeps_the_recipes_own_section_defaults():
+    from alignkit.recipes.grpo import GRPOConfig
+
+    # GRPO defaults optim to warmup 0 / constant (the OptimSection class says 10 / cosine)
+    cfg = load_config(GRPOConfig, None, ["optim.lr=1e-3", "output.dir=/tmp/x"])
+    assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.schedule) == (1e-3, 0, "constant")
+    assert cfg.output.name == "grpo"
+    # a plain dict field is replaced, not merged with its default
+    cfg = load_config(GRPOConfig, None, ["reward.weights={accuracy: 1.0}"])
+    assert cfg.reward.weights == {"accuracy": 1.0}
+    with pytest.raises(ConfigError, match="unknown key 'optim.lrr'"):
+        load_config(GRPOConfig, None, ["optim.lrr=1"])

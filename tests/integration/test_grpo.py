@@ -1,0 +1,122 @@
+"""GRPO recipe: a step recomputed by hand from the pure functions, micro-batching invariance, failures
+counted and left out, resume, bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignkit.advantages import group_advantages
+from alignkit.config import load_config
+from alignkit.losses import grpo_loss
+from alignkit.models import BUNDLED_DIR, load_causal_lm, load_tokenizer
+from alignkit.recipes import grpo
+from alignkit.recipes.grpo import GRPOConfig
+from alignkit.rewards import accuracy_reward, format_reward
+
+SMALL = ["rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=16", "data.n_train=64",
+         "data.n_eval=4", "train.eval_every=1000", "output.tensorboard=false", "optim.lr=1e-3"]
+
+
+def cfg_for(tmp_path, name, *overrides):
+    return load_config(GRPOConfig, None, SMALL + [f"output.dir={tmp_path}", f"output.name={name}", *overrides])
+
+
+def rows(run_dir):
+    return [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_one_step_by_hand_equals_the_recipe(tmp_path, monkeypatch):
+    captured = {}
+    real = grpo.merge_rollouts
+
+    def spy(parts, pad_id):
+        captured["batch"] = real(parts, pad_id)
+        return captured["batch"]
+
+    monkeypatch.setattr(grpo, "merge_rollouts", spy)
+    cfg = cfg_for(tmp_path, "step", "train.steps=1", "loss.mu=2", "loss.micro_batch_size=5", "loss.beta=0.1",
+                  "rollout.temperature=0.9")
+    # the prompts the recipe draws: same pools, same seeded sampler
+    pools = grpo.load_prompts(cfg.data, load_tokenizer(BUNDLED_DIR))[0]
+    prompts = grpo.PromptSampler(pools, cfg.train.seed).draw(4, None)
+    grpo.run(cfg)
+    batch = captured["batch"]
+
+    # by hand: rewards -> group advantages -> logprobs -> two AdamW steps of grpo_loss on the whole batch
+    answers = [p[2]["answer"] for p in prompts for _ in range(4)]
+    r = torch.tensor([accuracy_reward(c, answer=a) + format_reward(c) for c, a in zip(batch["completions"], answers)])
+    adv = group_advantages(r, 4)
+    model = load_causal_lm(BUNDLED_DIR).train()
+    ref = load_causal_lm(BUNDLED_DIR)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    everything = slice(0, 16)
+    with torch.no_grad():
+        ref_lp = grpo.completion_logprobs(ref, batch, everything, temperature=0.9)
+    mask = batch["response_mask"]
+    old = None
+    for _ in range(2):
+        lp = grpo.completion_logprobs(model, batch, everything, temperature=0.9)
+        old = lp.detach() if old is None else old
+        loss, _ = grpo_loss(lp, old, ref_lp, adv, mask, beta=0.1, max_tokens=16)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+    got = load_file(tmp_path / "step" / "final" / "model.safetensors")
+    for name, p in model.state_dict().items():
+        if name in got:
+            assert torch.allclose(got[name], p, atol=2e-6), name
+    logged = rows(tmp_path / "step")[1]
+    assert logged["reward/total"] == pytest.approx(r.mean().item(), abs=1e-6)
+
+
+def test_micro_batch_size_changes_no_number(tmp_path):
+    grpo.run(cfg_for(tmp_path, "m16", "train.steps=2", "loss.micro_batch_size=16"))
+    grpo.run(cfg_for(tmp_path, "m3", "train.steps=2", "loss.micro_batch_size=3"))
+    a, b = rows(tmp_path / "m16"), rows(tmp_path / "m3")
+    assert [x["loss"] for x in a[1:]] == pytest.approx([x["loss"] for x in b[1:]], abs=1e-6)
+    wa, wb = (load_file(tmp_path / n / "final" / "model.safetensors") for n in ("m16", "m3"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def flaky_reward(completion, **fields):
+    """A user reward that fails on some samples (raises, or returns NaN)."""
+    if "1" in completion:
+        raise RuntimeError("verifier crashed")
+    return float("nan") if "2" in completion else 1.0
+
+
+def test_failing_reward_is_counted_and_left_out_not_scored_zero(tmp_path):
+    s = grpo.run(cfg_for(tmp_path, "flaky", "train.steps=2", f"reward.weights={{'{__name__}:flaky_reward': 1.0}}",
+                         "reward.success_key=none"))
+    logged = rows(tmp_path / "flaky")[1:]
+    assert sum(r["samples/failed"] for r in logged) > 0
+    assert all(r["reward/failed"] == r["samples/failed"] for r in logged)
+    assert s["steps"] == 2
+
+
+def test_prompt_without_ground_truth_is_a_counted_failure(tmp_path):
+    data = tmp_path / "p.jsonl"
+    data.write_text('{"prompt": "2+2", "answer": "4"}\n{"prompt": "3+3"}\n' * 4)
+    grpo.run(cfg_for(tmp_path, "nogt", "train.steps=1", f"data.train_file={data}"))
+    logged = rows(tmp_path / "nogt")[1]
+    # the 2 prompts without an answer field (of 4 drawn) x G=4 samples cannot be scored for accuracy
+    assert logged["samples/failed"] == 8 and logged["reward/failed/accuracy"] == 8
+
+
+def test_resume_gives_the_same_run(tmp_path, monkeypatch):
+    from tests.integration.test_sft import StopAfter
+
+    grpo.run(cfg_for(tmp_path, "straight", "train.steps=4"))
+    monkeypatch.setattr(grpo, "GracefulStop", StopAfter(2))
+    assert grpo.run(cfg_for(tmp_path, "resumed", "train.steps=4"))["interrupted"]
+    monkeypatch.setattr(grpo, "GracefulStop", StopAfter(10**9))
+    grpo.run(cfg_for(tmp_path, "resumed", "train.steps=4", "output.resume=true"))
+    a, b = rows(tmp_path / "straight"), rows(tmp_path / "resumed")
+    assert [x.get("loss") for x in a] == [x.get("loss") for x in b]
+    wa, wb = (load_file(tmp_path / n / "final" / "model.safetensors") for n in ("straight", "resumed"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
