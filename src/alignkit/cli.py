@@ -68,10 +68,37 @@ def _demo(argv: list[str]) -> int:
     return 0
 
 
+def _eval(argv: list[str]) -> int:
+    """Held-out accuracy, R1-format compliance, language consistency and mean completion length of a model
+    directory (plain transformers layout), answering greedily through its chat template."""
+    from alignkit.evaluation import EVAL_LEVELS, arithmetic_eval_set, evaluate_model
+    from alignkit.models import load_causal_lm, load_tokenizer, resolve_model_path
+
+    parser = argparse.ArgumentParser(prog="alignkit eval", description=_eval.__doc__)
+    parser.add_argument("--model", required=True, help="model directory, or 'bundled' for the shipped base model")
+    parser.add_argument("--task", default="arithmetic", choices=["arithmetic"], help="evaluation task")
+    parser.add_argument("--levels", default=",".join(map(str, EVAL_LEVELS)), help="arithmetic levels, e.g. 1,2,3")
+    parser.add_argument("-n", type=int, default=200, help="held-out problems (seeded, never seen in training)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="longest answer")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    path = resolve_model_path(args.model)
+    problems = arithmetic_eval_set(tuple(int(x) for x in args.levels.split(",")), n=args.n)
+    scores = evaluate_model(load_causal_lm(path), load_tokenizer(path), problems, max_new_tokens=args.max_new_tokens)
+    if args.json:
+        print(json.dumps(scores))
+    else:
+        print(f"{path} on {len(problems)} held-out arithmetic problems (levels {args.levels}):")
+        for k, v in scores.items():
+            print(f"  {k:<10} {v:.3f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = "\n".join(f"  {n:<8} {d}" for n, (_, _, d) in RECIPES.items())
     usage = (f"usage: alignkit <command> [-c CONFIG] [key=value ...]\n\ncommands:\n{commands}\n"
+             f"  eval     held-out accuracy and format compliance of a model directory\n"
              f"  demo     the main job on the bundled tiny model\n\n`alignkit <command> --help` lists its options.")
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
@@ -80,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if name == "demo":
             return _demo(rest)
+        if name == "eval":
+            return _eval(rest)
         if name not in RECIPES:
             print(f"alignkit: unknown command {name!r}\n\n{usage}", file=sys.stderr)
             return 2

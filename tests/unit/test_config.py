@@ -1,5 +1,7 @@
 """Typed configs: YAML + dotted overrides; unknown keys, wrong types and missing files give one clear line."""
 
+import json
+
 import pytest
 
 from alignkit.cli import main
@@ -86,3 +88,9 @@ def test_setting_one_key_keeps_the_recipes_own_section_defaults():
     assert cfg.reward.weights == {"accuracy": 1.0}
     with pytest.raises(ConfigError, match="unknown key 'optim.lrr'"):
         load_config(GRPOConfig, None, ["optim.lrr=1"])
+
+
+def test_eval_command_reports_accuracy_and_format(capsys):
+    assert main(["eval", "--model", "bundled", "-n", "20", "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(scores) == {"accuracy", "format", "language", "length"} and 0 <= scores["accuracy"] <= 1
