@@ -17,10 +17,14 @@ from alignkit.data.schemas import DataError
 RECIPES = {
     "sft": ("alignkit.recipes.sft", "SFTConfig", "supervised fine-tuning on prompt/completion, messages or text"),
     "grpo": ("alignkit.recipes.grpo", "GRPOConfig", "GRPO with verifiable rule-based rewards"),
+    "rejection-sample": ("alignkit.recipes.rejection_sampling", "RejectionSamplingConfig",
+                         "sample N completions per prompt, keep the verified ones as an SFT dataset"),
+    "distill": ("alignkit.recipes.distill", "DistillConfig", "a teacher's verified samples (or logits) train a smaller student"),
     "rm": ("alignkit.recipes.reward_model", "RMConfig", "reward model (Bradley-Terry) on prompt/chosen/rejected pairs"),
     "dpo": ("alignkit.recipes.dpo", "DPOConfig", "direct preference optimization on prompt/chosen/rejected pairs"),
 }
-DEMO_CONFIG = "configs/sft/arith_tiny.yaml"
+PIPELINES = {"r1": ("alignkit.pipelines.r1", "R1Config", "the DeepSeek-R1 multi-stage pipeline")}
+DEMO_CONFIG = "configs/pipelines/r1_tiny.yaml"
 
 
 def _recipe_parser(name: str, module: str, cls_name: str, doc: str) -> argparse.ArgumentParser:
@@ -47,25 +51,38 @@ def _run_recipe(name: str, argv: list[str]) -> int:
     return 0
 
 
-def _demo(argv: list[str]) -> int:
-    """The main job. Until the R1 pipeline lands, a short SFT of the tiny model on synthetic arithmetic."""
-    from alignkit.recipes import sft
-
-    parser = argparse.ArgumentParser(prog="alignkit demo", description=_demo.__doc__)
-    parser.add_argument("overrides", nargs="*", help="dotted overrides of the SFT config, e.g. train.steps=50")
-    args = parser.parse_args(argv)
-    cfg = load_config(sft.SFTConfig, DEMO_CONFIG, args.overrides)
-    print(f"alignkit demo: SFT of a freshly built tiny model ({cfg.model.arch}, hidden {cfg.model.hidden_size}, "
-          f"{cfg.model.num_layers} layers) on {cfg.data.n_train} synthetic arithmetic problems, "
-          f"{cfg.train.steps} steps of batch {cfg.train.batch_size}, on CPU.")
-    s = sft.run(cfg)
-    a, b = s["start"], s["end"]
-    print("\nWhat it did (held-out set, measured before and after training):")
-    for key in ("eval/loss", "eval/token_accuracy", "eval/answer_accuracy", "eval/format"):
-        if key in a and key in b:
-            print(f"  {key:<22} {a[key]:8.3f} -> {b[key]:8.3f}")
-    print(f"  wall time {s['wall_s']:.0f} s; run directory {s['run_dir']} (metrics.jsonl, curves.png, final/)")
+def _pipeline(argv: list[str], *, prog: str = "alignkit pipeline") -> int:
+    if not argv or argv[0] in ("-h", "--help") and len(argv) == 1:
+        names = "\n".join(f"  {n:<6} {d}" for n, (_, _, d) in PIPELINES.items())
+        print(f"usage: {prog} <name> -c CONFIG [key=value ...]\n\npipelines:\n{names}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in PIPELINES:
+        print(f"alignkit: unknown pipeline {name!r}; known: {', '.join(PIPELINES)}", file=sys.stderr)
+        return 2
+    module, cls_name, doc = PIPELINES[name]
+    args = _recipe_parser(f"pipeline {name}", module, cls_name, doc).parse_args(rest)
+    cfg = load_config(args._cls, args.config, args.overrides)
+    importlib.import_module(args._module).run(cfg)
     return 0
+
+
+def _demo(argv: list[str]) -> int:
+    """The main job: the R1 pipeline on the bundled tiny model (configs/pipelines/r1_tiny.yaml)."""
+    if argv and argv[0] in ("-h", "--help"):
+        print(f"usage: alignkit demo [key=value ...]\n\n{_demo.__doc__}\nOverrides apply to the pipeline config.")
+        return 0
+    print("alignkit demo: the DeepSeek-R1 pipeline (R1-Zero, cold start, reasoning RL, rejection sampling, SFT, "
+          "final RL, distillation) on the bundled tiny model, on CPU.")
+    return _pipeline(["r1", "-c", str(_config_path(DEMO_CONFIG)), *argv])
+
+
+def _config_path(rel: str):
+    """A preset of the repository (the demo runs from a checkout)."""
+    from pathlib import Path
+
+    p = Path(rel)
+    return p if p.exists() else Path(__file__).resolve().parents[2] / rel
 
 
 def _eval(argv: list[str]) -> int:
@@ -99,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = "\n".join(f"  {n:<8} {d}" for n, (_, _, d) in RECIPES.items())
     usage = (f"usage: alignkit <command> [-c CONFIG] [key=value ...]\n\ncommands:\n{commands}\n"
              f"  eval     held-out accuracy and format compliance of a model directory\n"
-             f"  demo     the main job on the bundled tiny model\n\n`alignkit <command> --help` lists its options.")
+             f"  pipeline r1: the DeepSeek-R1 multi-stage pipeline (alignkit pipeline r1 -c CONFIG)\n"
+             f"  demo     the main job: the R1 pipeline on the bundled tiny model\n\n`alignkit <command> --help` lists its options.")
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return 0
@@ -109,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             return _demo(rest)
         if name == "eval":
             return _eval(rest)
+        if name == "pipeline":
+            return _pipeline(rest)
         if name not in RECIPES:
             print(f"alignkit: unknown command {name!r}\n\n{usage}", file=sys.stderr)
             return 2

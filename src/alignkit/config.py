@@ -81,6 +81,14 @@ def _over_defaults(cls: type[BaseModel], data: dict, defaults: BaseModel) -> dic
     return out
 
 
+def build_config(cls: type[C], data: dict, *, source: str = "config") -> C:
+    """Validate a nested dict into ``cls`` over the recipe's defaults; ConfigError names the bad key."""
+    try:
+        return cls.model_validate(_over_defaults(cls, data, cls()))
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, source)) from None
+
+
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
     """Build ``cls`` from a YAML file (optional) plus dotted overrides; raise ConfigError on any problem."""
     data: dict = {}
@@ -94,11 +102,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
         data = loaded
-    data = _merge(data, parse_overrides(overrides or []))
-    try:
-        return cls.model_validate(_over_defaults(cls, data, cls()))
-    except ValidationError as err:
-        raise ConfigError(_one_line(err, source)) from None
+    return build_config(cls, _merge(data, parse_overrides(overrides or [])), source=source)
 
 
 def describe(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
@@ -131,8 +135,8 @@ class LoraSection(Section):
 
 
 class ModelSection(Section):
-    path: str = Field("bundled", description="'bundled' = the shipped tiny base model; 'tiny' = a fresh random "
-                      "tiny model; else a local model directory (save_pretrained layout)")
+    path: str = Field("bundled", description="'bundled' = the shipped tiny base model ('bundled-student': its "
+                      "smaller sibling); 'tiny' = a fresh random tiny model; else a local model directory")
     arch: Literal["llama", "qwen2"] = Field("llama", description="path=tiny: architecture")
     hidden_size: int = Field(64, gt=0, description="path=tiny: hidden size")
     num_layers: int = Field(2, gt=0, description="path=tiny: transformer layers")
@@ -151,6 +155,13 @@ class OptimSection(Section):
     warmup_steps: int = Field(10, ge=0, description="linear warmup steps")
     schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="LR decay after warmup")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping max norm")
+
+
+class RewardSection(Section):
+    weights: dict[str, float] = Field({"accuracy": 1.0, "format": 1.0},
+                                      description="reward name or module:function -> weight (0 = log only)")
+    options: dict[str, dict[str, Any]] = Field({}, description="keyword options per reward, e.g. {language: {language: en}}")
+    success_key: str = Field("accuracy", description="component whose value 1.0 means the task was solved")
 
 
 class OutputSection(Section):

@@ -6,14 +6,17 @@ from pathlib import Path
 
 from alignkit.config import ModelSection
 
-BUNDLED_DIR = Path(__file__).resolve().parents[1] / "assets" / "tiny-base"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+BUNDLED_DIR = ASSETS / "tiny-base"
+BUNDLED = {"bundled": BUNDLED_DIR, "bundled-student": ASSETS / "tiny-student-base"}
 
 
 def resolve_model_path(path: str) -> Path:
-    """'bundled' -> the package's shipped base model directory; anything else must be a local directory."""
-    p = BUNDLED_DIR if path == "bundled" else Path(path)
+    """'bundled' -> the shipped tiny base model, 'bundled-student' -> its smaller sibling (the default
+    distillation student); anything else must be a local model directory."""
+    p = BUNDLED.get(path, Path(path))
     if not (p / "config.json").is_file():
-        hint = " (build it with `python scripts/build_base_model.py`)" if path == "bundled" else ""
+        hint = " (build it with `python scripts/build_base_model.py`)" if path in BUNDLED else ""
         raise FileNotFoundError(f"model directory not found or has no config.json: {p}{hint}")
     return p
 

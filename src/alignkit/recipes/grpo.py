@@ -41,7 +41,7 @@ import torch
 from pydantic import Field
 
 from alignkit.advantages import group_advantages, zero_variance_groups
-from alignkit.config import ModelSection, OptimSection, OutputSection, Section, to_yaml
+from alignkit.config import ModelSection, OptimSection, OutputSection, RewardSection, Section, to_yaml
 from alignkit.infra import PhaseTimer, RunLogger, plot_metrics, progress, seed_everything
 from alignkit.infra.checkpoint import GracefulStop, latest_checkpoint, load_checkpoint, save_checkpoint
 from alignkit.infra.schedules import AdaptiveGroupSize, Curriculum, interpolate, piecewise_constant
@@ -90,12 +90,6 @@ class RolloutSection(Section):
     adaptive_group_size: bool = Field(False, description="larger G where the model is unsure, smaller where confident")
     min_group_size: int = Field(4, gt=1, description="adaptive G: smallest group")
     max_group_size: int = Field(16, gt=1, description="adaptive G: largest group")
-
-
-class RewardSection(Section):
-    weights: dict[str, float] = Field({"accuracy": 1.0, "format": 1.0}, description="reward name or module:function -> weight (0 = log only)")
-    options: dict[str, dict[str, Any]] = Field({}, description="keyword options per reward, e.g. {language: {language: en}}")
-    success_key: str = Field("accuracy", description="component whose value 1.0 means the task was solved")
 
 
 class LossSection(Section):

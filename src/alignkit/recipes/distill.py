@@ -1,0 +1,149 @@
+"""Distillation into a smaller student (lecture section 4).
+
+    alignkit distill -c configs/distill/arith_tiny.yaml teacher.path=runs/r1/final_rl/final
+
+mode "sft" (the lecture's definition, DeepSeek-R1's distilled models): the teacher samples N completions per
+prompt, the verified ones are kept (rejection sampling) and the student is fine-tuned on them.
+mode "logits": the student matches the teacher's full next-token distribution on the same verified
+sequences, minimizing the forward KL(teacher || student) per response token (same tokenizer required).
+
+This recipe composes two others: ``rejection_sampling`` (the teacher's verified data) and, in "sft" mode,
+``sft`` (the student's training), because that is what distillation is here; docs/architecture.md notes it.
+Outputs go to <output.dir>/<output.name>/: ``teacher_data/`` (data.jsonl, stats.json), ``student/`` (the SFT
+run, or the logit-distillation run with metrics.jsonl and final/), ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from alignkit.config import ModelSection, OptimSection, RewardSection, Section
+from alignkit.recipes import rejection_sampling, sft
+
+
+class StudentTrainSection(Section):
+    steps: int = Field(300, gt=0, description="student optimizer steps")
+    batch_size: int = Field(32, gt=0, description="examples per step")
+    max_length: int = Field(96, gt=0, description="max tokens per example")
+    temperature: float = Field(1.0, gt=0, description="logits mode: distillation temperature (loss scaled by T^2)")
+    eval_every: int = Field(100, gt=0, description="held-out evaluation every N steps")
+    seed: int = Field(0, description="seed")
+
+
+class OutputSection(Section):
+    dir: str = Field("runs", description="parent directory")
+    name: str = Field("distill", description="outputs go to <dir>/<name>/")
+    tensorboard: bool = Field(True, description="write TensorBoard events")
+
+
+class DistillConfig(Section):
+    mode: Literal["sft", "logits"] = Field("sft", description="SFT on verified teacher samples, or forward-KL to its logits")
+    teacher: ModelSection = Field(default_factory=ModelSection, description="the teacher (a trained model directory)")
+    student: ModelSection = Field(default_factory=lambda: ModelSection(path="bundled-student"),
+                                  description="the student: the shipped small base model, or a model directory")
+    prompts: rejection_sampling.PromptsSection = Field(default_factory=rejection_sampling.PromptsSection,
+                                                       description="prompts the teacher answers")
+    sampling: rejection_sampling.SamplingSection = Field(
+        default_factory=lambda: rejection_sampling.SamplingSection(num_samples=4), description="teacher sampling")
+    reward: RewardSection = Field(default_factory=lambda: RewardSection(weights={"accuracy": 0.5, "format": 0.5}),
+                                  description="verifiers of the teacher's samples")
+    select: rejection_sampling.SelectSection = Field(
+        default_factory=lambda: rejection_sampling.SelectSection(max_per_prompt=1), description="what is kept")
+    optim: OptimSection = Field(default_factory=lambda: OptimSection(lr=2e-3), description="student optimizer")
+    train: StudentTrainSection = Field(default_factory=StudentTrainSection, description="student training")
+    output: OutputSection = Field(default_factory=OutputSection, description="where results go")
+
+
+def teacher_data(cfg: DistillConfig, out_dir: Path) -> dict:
+    """The teacher's verified completions (rejection sampling) -> stats with the data path."""
+    rs = rejection_sampling.RejectionSamplingConfig(
+        model=cfg.teacher, prompts=cfg.prompts, sampling=cfg.sampling, reward=cfg.reward, select=cfg.select,
+        output=rejection_sampling.OutputSection(dir=str(out_dir), name="teacher_data"))
+    stats = rejection_sampling.run(rs)
+    if stats["kept"] == 0:
+        raise RuntimeError(f"the teacher produced no verified completion on {stats['prompts']} prompts "
+                           f"(threshold {cfg.select.threshold}); nothing to distill")
+    return stats
+
+
+def train_student_sft(cfg: DistillConfig, data_file: str, out_dir: Path) -> dict:
+    """Student SFT on the teacher's verified data (eval on the seeded held-out arithmetic set)."""
+    scfg = sft.SFTConfig(
+        model=cfg.student, optim=cfg.optim,
+        data=sft.DataSection(train_file=data_file, eval_fraction=0.05, max_length=cfg.train.max_length,
+                             on_overflow="drop"),
+        train=sft.TrainSection(steps=cfg.train.steps, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
+                               eval_every=cfg.train.eval_every),
+        output=sft.OutputSection(dir=str(out_dir), name="student", tensorboard=cfg.output.tensorboard))
+    return sft.run(scfg)
+
+
+def train_student_logits(cfg: DistillConfig, data_file: str, out_dir: Path) -> dict:
+    """Forward KL(teacher || student) on the response tokens of the teacher's verified sequences."""
+    from alignkit.data import load_records, pad_batch, render_many
+    from alignkit.infra import RunLogger, plot_metrics, progress, seed_everything
+    from alignkit.infra.train import build_optimizer, build_scheduler
+    from alignkit.losses import aggregate_loss, forward_kl_distill_loss
+    from alignkit.models import load_policy
+
+    seed_everything(cfg.train.seed)
+    teacher, tok_t = load_policy(cfg.teacher)
+    student, tokenizer = load_policy(cfg.student)
+    if tok_t.get_vocab() != tokenizer.get_vocab():
+        raise ValueError("logit distillation needs the teacher's tokenizer for the student; use mode=sft")
+    teacher.eval().requires_grad_(False)
+    student.train()
+    examples, _ = render_many(tokenizer, load_records(data_file, "sft"), max_length=cfg.train.max_length,
+                              on_overflow="drop")
+    optimizer = build_optimizer(student, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
+    run_dir = out_dir / "student"
+    logger = RunLogger(run_dir, tensorboard=cfg.output.tensorboard)
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    t0 = time.perf_counter()
+    for step in progress(range(cfg.train.steps), desc="distill", unit="step"):
+        idx = torch.randint(len(examples), (cfg.train.batch_size,), generator=gen).tolist()
+        b = pad_batch([examples[i] for i in idx], pad_token_id=tokenizer.pad_token_id)
+        target = b["response_mask"][:, 1:]  # logits at t-1 predict token t
+        with torch.no_grad():
+            t_logits = teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+        s_logits = student(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+        per_token, _ = forward_kl_distill_loss(s_logits, t_logits, target, temperature=cfg.train.temperature)
+        loss = aggregate_loss(per_token, target, mode="token_mean")
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.optim.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        logger.log(step + 1, {"train/kl": loss.item(), "train/grad_norm": grad_norm})
+    logger.close()
+    student.save_pretrained(run_dir / "final", safe_serialization=True)
+    tokenizer.save_pretrained(run_dir / "final")
+    plot_metrics(logger.path, run_dir / "curves.png", ["train/kl"], title="logit distillation")
+    return {"wall_s": time.perf_counter() - t0, "run_dir": str(run_dir)}
+
+
+def run(cfg: DistillConfig) -> dict:
+    """Teacher data, then student training; evaluates teacher and student on the held-out set."""
+    from alignkit.evaluation import arithmetic_eval_set, evaluate_model
+    from alignkit.models import load_policy
+
+    out_dir = Path(cfg.output.dir) / cfg.output.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats = teacher_data(cfg, out_dir)
+    trainer = train_student_sft if cfg.mode == "sft" else train_student_logits
+    trained = trainer(cfg, stats["data"], out_dir)
+    held_out = arithmetic_eval_set(cfg.prompts.levels) if cfg.prompts.train_file is None else []
+    summary = {"mode": cfg.mode, "teacher_data": stats, "student_run": trained.get("run_dir")}
+    if held_out:
+        final = ModelSection(path=str(out_dir / "student" / "final"))
+        summary["student_eval"] = evaluate_model(*load_policy(final), held_out)
+        summary["teacher_eval"] = evaluate_model(*load_policy(cfg.teacher), held_out)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
