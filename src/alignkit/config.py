@@ -8,6 +8,7 @@ as one line that names the key. Configs are frozen: nothing mutates them at run 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -37,21 +38,28 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _split_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.subkey=value")
+    key, raw = item.split("=", 1)
+    return key.strip(), (yaml.safe_load(raw) if raw.strip() else "")
+
+
 def parse_overrides(overrides: list[str]) -> dict:
-    """['optim.lr=3e-4', 'train.steps=10'] -> {'optim': {'lr': 0.0003}, 'train': {'steps': 10}} (YAML-typed values)."""
+    """['optim.lr=3e-4', 'train.steps=10'] -> {'optim': {'lr': '3e-4'}, 'train': {'steps': 10}} (YAML-typed values)."""
     tree: dict = {}
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.subkey=value")
-        key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        _set_dotted(tree, *_split_override(item))
     return tree
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set each ``a.b.c=value`` at exactly that path of ``data`` (a copy): the value REPLACES what was there,
+    so ``reward.weights={accuracy: 1}`` drops the preset's other weights, while ``r1_zero.train.steps=2``
+    changes one key deep inside a section."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        _set_dotted(out, *_split_override(item))
     return out
 
 
@@ -102,7 +110,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
         data = loaded
-    return build_config(cls, _merge(data, parse_overrides(overrides or [])), source=source)
+    return build_config(cls, apply_overrides(data, overrides or []), source=source)
 
 
 def describe(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:

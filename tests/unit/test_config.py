@@ -94,3 +94,12 @@ def test_eval_command_reports_accuracy_and_format(capsys):
     assert main(["eval", "--model", "bundled", "-n", "20", "--json"]) == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(scores) == {"accuracy", "format", "language", "length"} and 0 <= scores["accuracy"] <= 1
+
+
+def test_override_replaces_a_dict_value_of_the_preset(tmp_path):
+    from alignkit.recipes.grpo import GRPOConfig
+
+    p = tmp_path / "g.yaml"
+    p.write_text("reward:\n  weights: {accuracy: 1.0, format: 1.0}\ntrain:\n  steps: 9\n")
+    cfg = load_config(GRPOConfig, p, ["reward.weights={accuracy: 2.0}", "train.eval_every=3"])
+    assert cfg.reward.weights == {"accuracy": 2.0} and (cfg.train.steps, cfg.train.eval_every) == (9, 3)
