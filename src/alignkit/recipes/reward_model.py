@@ -1,0 +1,296 @@
+"""Reward model: a scalar score r(x, y) fitted to preference pairs with the Bradley-Terry loss (lecture,
+RLHF stage 2): P(y_w > y_l | x) = sigma(r(x, y_w) - r(x, y_l)), L = -log sigma(r_w - r_l [- margin]).
+
+    alignkit rm -c configs/rm/arith_tiny.yaml train.steps=200
+    accelerate launch --num_processes 2 -m alignkit.cli rm -c ...     (or torchrun; same code)
+
+Each step: pairs -> forward (chosen and rejected rows in ONE batch of 2B rows, scores split after) -> loss
+-> backward / step -> log (loss, pairwise accuracy, mean margin r_w - r_l); every ``train.eval_every``
+steps: held-out pairwise accuracy, mean margin, mean sigma(margin) and loss.
+
+Decisions, stated up front:
+- The model is transformers' ``*ForSequenceClassification`` with one label, built from the policy's trunk
+  (``alignkit.models.reward``): the score is read at the last real token (the completion's EOS), and
+  ``final/`` loads with ``AutoModelForSequenceClassification.from_pretrained``. No separate value-head class.
+- The loss is the sum of per-pair losses divided by the number of pairs in the whole global batch (all
+  micro-batches and processes), so 1 x 8 micro-batches, 8 x 1 and 2 processes x 4 train the same.
+- ``data.margin_field`` (default ``margin``): a numeric column of a preference file is the required gap of
+  Llama 2 (loss -log sigma(r_w - r_l - m)); rows without it use 0. Logged margins are r_w - r_l.
+- ``data.train_file: null`` is the synthetic arithmetic set (``alignkit.data.preferences``): the correct
+  R1 trace preferred over one whose answer is off by 1..``max_offset``; held-out questions never occur in
+  training. Default ``rejected: wrong_answer`` (the trace is right, the answer contradicts it): a fresh tiny
+  trunk learns that in ~100 steps. ``wrong_trace`` (trace and answer wrong, self-consistent) needs checking
+  the arithmetic itself; neither a fresh tiny trunk nor the bundled base got past ~0.6 in 100 steps.
+- The new score head starts at normal(0, 1/sqrt(hidden+1)) (OpenAI lm-human-preferences), not
+  transformers' 0.02: the trunk's gradient scales with the head, and the small init stalls a tiny model.
+- Over-long pairs are an error or dropped (never truncated: that would cut the EOS the score is read at).
+- LoRA is refused for now: ``infra.train.apply_lora`` builds a causal-LM adapter that would freeze the
+  new score head.
+- ``model.path: bundled`` is the shipped tiny base model; ``tiny`` a fresh random one; else a local dir.
+- A checkpoint (model, optimizer, scheduler, RNG, data position) is written atomically every
+  ``output.save_every`` steps and on SIGTERM, after which the run exits 0; ``output.resume`` continues it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from pydantic import Field
+
+from alignkit.config import ModelSection, OptimSection, OutputSection, Section, to_yaml
+from alignkit.infra import PhaseTimer, RunLogger, plot_metrics, progress, seed_everything
+from alignkit.infra.checkpoint import GracefulStop, latest_checkpoint, load_checkpoint, save_checkpoint
+from alignkit.infra.train import (
+    NonFiniteGuard,
+    backward,
+    build_optimizer,
+    build_scheduler,
+    export_model,
+    optimizer_step,
+    prepare_model,
+    setup_accelerator,
+)
+from alignkit.losses import bradley_terry_loss
+
+if TYPE_CHECKING:
+    from alignkit.data import RenderedExample
+
+
+class DataSection(Section):
+    train_file: str | None = Field(None, description="preference data (jsonl/json/parquet/csv/datasets dir) with "
+                                   "prompt, chosen, rejected; None = synthetic arithmetic preferences")
+    eval_file: str | None = Field(None, description="held-out preference data; None = split eval_fraction off train_file")
+    eval_fraction: float = Field(0.05, ge=0, lt=1, description="held-out fraction of train_file when no eval_file")
+    margin_field: str | None = Field("margin", description="numeric column with a per-pair required margin "
+                                     "(Llama 2); rows without it use 0; None = ignore")
+    n_train: int = Field(2000, gt=0, description="synthetic: training pairs")
+    n_eval: int = Field(100, gt=0, description="synthetic: held-out pairs (distinct questions)")
+    level: int = Field(2, ge=1, le=5, description="synthetic: arithmetic difficulty level (1-5)")
+    max_offset: int = Field(5, ge=1, description="synthetic: the rejected answer is off by 1..max_offset (either sign)")
+    rejected: Literal["wrong_answer", "wrong_trace"] = Field(
+        "wrong_answer", description="synthetic: the rejected trace is right but its answer is not (wrong_answer), "
+        "or both are wrong and agree (wrong_trace: needs a trunk that knows arithmetic)")
+    max_length: int = Field(128, gt=0, description="max tokens of a chosen or rejected sequence")
+    on_overflow: Literal["error", "drop"] = Field("error", description="a pair with a side over max_length")
+
+
+class TrainSection(Section):
+    steps: int = Field(200, gt=0, description="optimizer steps")
+    batch_size: int = Field(32, gt=0, description="pairs per optimizer step (global, all processes)")
+    grad_accum: int = Field(1, gt=0, description="micro-batches per step and process")
+    precision: Literal["no", "bf16", "fp16"] = Field("no", description="mixed precision on GPUs")
+    seed: int = Field(0, description="seed for data order and initialization")
+    eval_every: int = Field(50, gt=0, description="evaluate every N steps (and at the end)")
+
+
+class RMConfig(Section):
+    model: ModelSection = Field(default_factory=ModelSection, description="trunk of the reward model")
+    data: DataSection = Field(default_factory=DataSection, description="preference data")
+    optim: OptimSection = Field(default_factory=OptimSection, description="optimizer and schedule")
+    train: TrainSection = Field(default_factory=TrainSection, description="loop sizes")
+    output: OutputSection = Field(default_factory=lambda: OutputSection(name="rm"), description="where results go")
+
+
+@dataclass
+class Pair:
+    """One rendered preference pair; both sides start with the same prompt tokens."""
+
+    chosen: RenderedExample
+    rejected: RenderedExample
+    margin: float = 0.0
+
+
+def load_data(cfg: DataSection, seed: int) -> tuple[list, list]:
+    """-> (train records, eval records). Files are validated at load time (DataError names file/row/field)."""
+    from alignkit.data import load_records, make_split, split_records
+    from alignkit.data.preferences import to_preference_records
+
+    if cfg.train_file is None:
+        train_p, eval_p = make_split(cfg.n_train, cfg.n_eval, level=cfg.level, seed=seed)
+        kw = dict(max_offset=cfg.max_offset, rejected=cfg.rejected)
+        return to_preference_records(train_p, seed=seed, **kw), to_preference_records(eval_p, seed=seed + 1, **kw)
+    records = load_records(cfg.train_file, "preference")
+    if cfg.eval_file is not None:
+        return records, load_records(cfg.eval_file, "preference")
+    return split_records(records, eval_fraction=cfg.eval_fraction, seed=seed)
+
+
+def render_pairs(tokenizer, records, cfg: DataSection) -> tuple[list[Pair], int]:
+    """Records (typed or dicts) -> (pairs, number dropped as over-long); margins read and checked here."""
+    from alignkit.data import DataError, parse_record, render_preference
+
+    pairs, dropped = [], 0
+    for i, raw in enumerate(records, start=1):
+        rec = parse_record("preference", raw, row=i)
+        margin = rec.extra.get(cfg.margin_field) if cfg.margin_field else None
+        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                                   or not math.isfinite(margin)):
+            raise DataError(rec.source, rec.row, cfg.margin_field, f"must be a finite number (got {margin!r})")
+        out = render_preference(tokenizer, rec, max_length=cfg.max_length, on_overflow=cfg.on_overflow)
+        if out is None:
+            dropped += 1
+        else:
+            pairs.append(Pair(out[0], out[1], float(margin or 0.0)))
+    return pairs, dropped
+
+
+def collate(pairs: list[Pair], pad_token_id: int) -> dict:
+    """B pairs -> right-padded [2B, T] rows (chosen 0..B-1, then rejected B..2B-1) and ``margin`` [B]."""
+    from alignkit.data import pad_batch
+
+    batch = pad_batch([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_token_id=pad_token_id)
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+            "margin": torch.tensor([p.margin for p in pairs], dtype=torch.float32)}
+
+
+def pair_scores(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward over the concatenated batch -> (chosen_rewards [B], rejected_rewards [B])."""
+    from alignkit.models.reward import sequence_scores
+
+    scores = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
+    return scores.chunk(2)
+
+
+def batch_loss(model, batch: dict, num_pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of Bradley-Terry losses / ``num_pairs`` (the global batch's pairs), detached r_w - r_l [B])."""
+    chosen, rejected = pair_scores(model, batch)
+    losses, _ = bradley_terry_loss(chosen, rejected, margin=batch["margin"])
+    return losses.sum() / num_pairs, (chosen - rejected).detach()
+
+
+@torch.no_grad()
+def evaluate(model, pairs: list[Pair], pad_token_id: int, *, batch_size: int = 64) -> dict:
+    """Held-out pairwise accuracy (r_w > r_l; a tie counts as wrong), mean margin r_w - r_l, mean
+    sigma(r_w - r_l) (the modeled preference probability) and mean loss."""
+    from alignkit.losses import preference_probability
+
+    model.eval()
+    chosen, rejected, margins = [], [], []
+    for i in range(0, len(pairs), batch_size):
+        b = collate(pairs[i:i + batch_size], pad_token_id)
+        c, r = pair_scores(model, {k: v.to(next(model.parameters()).device) for k, v in b.items()})
+        chosen.append(c.cpu())
+        rejected.append(r.cpu())
+        margins.append(b["margin"])
+    model.train()
+    c, r, m = torch.cat(chosen), torch.cat(rejected), torch.cat(margins)
+    losses, _ = bradley_terry_loss(c, r, margin=m)
+    return {"eval/accuracy": float((c > r).float().mean()), "eval/margin": float((c - r).mean()),
+            "eval/preference_prob": float(preference_probability(c, r).mean()), "eval/loss": float(losses.mean())}
+
+
+def run(cfg: RMConfig) -> dict:
+    """Train per ``cfg``; returns a summary. Writes under <output.dir>/<output.name>/: config.yaml,
+    metrics.jsonl, tensorboard/, checkpoints/, final/ (plain transformers), curves.png, summary.json."""
+    from alignkit.models.reward import build_reward_model
+
+    if cfg.model.lora.enabled:
+        raise ValueError("alignkit rm does not support model.lora.enabled yet: the LoRA wrapper would freeze the "
+                         "new score head; train all weights")
+    acc = setup_accelerator(cfg.train.precision)
+    world, rank = acc.num_processes, acc.process_index
+    per_step = world * cfg.train.grad_accum
+    if cfg.train.batch_size % per_step:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} must divide by processes x grad_accum = "
+                         f"{world} x {cfg.train.grad_accum}; e.g. batch_size={per_step * max(1, cfg.train.batch_size // per_step)}")
+    seed_everything(cfg.train.seed)
+    run_dir = Path(cfg.output.dir) / cfg.output.name
+    model, tokenizer = build_reward_model(cfg.model, seed=cfg.train.seed)
+    model = prepare_model(model, cfg.model)
+    train_records, eval_records = load_data(cfg.data, cfg.train.seed)
+    train, dropped = render_pairs(tokenizer, train_records, cfg.data)
+    held_out, _ = render_pairs(tokenizer, eval_records, cfg.data)
+    if len(train) < cfg.train.batch_size or not held_out:
+        raise ValueError(f"{len(train)} training and {len(held_out)} held-out pairs: need at least "
+                         f"train.batch_size={cfg.train.batch_size} and 1")
+    pad_id = tokenizer.pad_token_id
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
+
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    start_step, order, cursor = 0, torch.randperm(len(train), generator=gen).tolist(), 0
+    ckpt = latest_checkpoint(run_dir) if cfg.output.resume else None
+    if ckpt is not None:
+        state, tensors = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+        start_step, order, cursor = state["step"], state["order"], state["cursor"]
+        gen.set_state(tensors["data_generator"])
+    model, optimizer = acc.prepare(model, optimizer)
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    logger = RunLogger(run_dir, tensorboard=cfg.output.tensorboard, enabled=acc.is_main_process,
+                       resume_step=start_step if ckpt else None,
+                       wandb_project="alignkit" if cfg.output.wandb else None)
+    guard, timer = NonFiniteGuard(cfg.output.max_bad_steps), PhaseTimer()
+    plain = acc.unwrap_model(model)
+    start_metrics = evaluate(plain, held_out, pad_id)
+    if ckpt is None:
+        logger.log(0, {**start_metrics, "data/dropped": dropped})
+
+    def checkpoint(step):
+        if acc.is_main_process:
+            save_checkpoint(run_dir, step, model=acc.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
+                            state={"order": order, "cursor": cursor}, tensors={"data_generator": gen.get_state()},
+                            keep_last=cfg.output.keep_last)
+        acc.wait_for_everyone()
+
+    t0, metrics, step, interrupted = time.perf_counter(), dict(start_metrics), start_step, False
+    bar = progress(range(start_step, cfg.train.steps), desc="rm", unit="step", disable=not acc.is_main_process,
+                   initial=start_step, total=cfg.train.steps)
+    with GracefulStop() as stop:
+        for step in bar:
+            with timer("data"):
+                if cursor + cfg.train.batch_size > len(order):
+                    order, cursor = torch.randperm(len(train), generator=gen).tolist(), 0
+                pairs = [train[i] for i in order[cursor:cursor + cfg.train.batch_size]]
+                cursor += cfg.train.batch_size
+                local = pairs[rank::world]
+                micro = len(local) // cfg.train.grad_accum
+            with timer("forward_backward"):
+                sums = torch.zeros(3, dtype=torch.float64)  # loss, correct pairs, sum of r_w - r_l
+                for m in range(cfg.train.grad_accum):
+                    batch = collate(local[m * micro:(m + 1) * micro], pad_id)
+                    sync = acc.no_sync(model) if m < cfg.train.grad_accum - 1 else nullcontext()
+                    with sync:
+                        loss, diff = batch_loss(model, {k: v.to(acc.device) for k, v in batch.items()}, len(pairs))
+                        backward(acc, loss)
+                    sums += torch.tensor([loss.item(), float((diff > 0).sum()), float(diff.sum())], dtype=torch.float64)
+                loss_total, correct, diff_sum = acc.reduce(sums.to(acc.device), reduction="sum").tolist()
+            with timer("update"):
+                grad_norm, applied = optimizer_step(model, optimizer, scheduler, guard=guard, loss=loss_total,
+                                                    max_grad_norm=cfg.optim.max_grad_norm, step=step + 1)
+            metrics = {"train/loss": loss_total, "train/accuracy": correct / len(pairs),
+                       "train/margin": diff_sum / len(pairs), "train/grad_norm": grad_norm,
+                       "train/lr": scheduler.get_last_lr()[0], "train/skipped": int(not applied)}
+            done = step + 1
+            if done % cfg.train.eval_every == 0 or done == cfg.train.steps:
+                with timer("eval"):
+                    metrics.update(evaluate(plain, held_out, pad_id))
+            metrics.update(timer.summary())
+            logger.log(done, metrics)
+            bar.set_postfix(loss=f"{loss_total:.3f}", **({"acc": f"{metrics['eval/accuracy']:.2f}"}
+                                                         if "eval/accuracy" in metrics else {}))
+            interrupted = stop.requested
+            if interrupted or (cfg.output.save_every and done % cfg.output.save_every == 0):
+                checkpoint(done)
+            if interrupted:
+                break
+    logger.close()
+    summary = {"start": start_metrics, "end": {k: v for k, v in metrics.items() if k.startswith("eval/")},
+               "steps": step + 1, "interrupted": interrupted, "non_finite_steps": guard.total,
+               "wall_s": time.perf_counter() - t0, "run_dir": str(run_dir)}
+    if acc.is_main_process and not interrupted:
+        final = export_model(acc.unwrap_model(model))
+        final.save_pretrained(run_dir / "final", safe_serialization=True)
+        tokenizer.save_pretrained(run_dir / "final")
+        plot_metrics(logger.path, run_dir / "curves.png", ["train/loss", "train/accuracy", "eval/accuracy",
+                                                           "eval/margin"], title=cfg.output.name)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
