@@ -165,6 +165,8 @@ def run(cfg: SFTConfig) -> dict:
     kw = dict(max_length=cfg.data.max_length, on_overflow=cfg.data.on_overflow)
     train, dropped = render_many(tokenizer, train_records, **kw)
     held_out, _ = render_many(tokenizer, eval_records, **kw)
+    if len(train) < cfg.train.batch_size:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than the {len(train)} training examples")
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
 

@@ -19,6 +19,7 @@ from alignkit.rewards.errors import RewardError
 from alignkit.rewards.format import format_reward, format_reward_soft
 from alignkit.rewards.language import language_consistency_reward
 from alignkit.rewards.length import length_penalty
+from alignkit.rewards.model_reward import ModelReward
 from alignkit.rewards.registry import (
     BUILTIN_REWARDS,
     ScoredSample,
@@ -32,6 +33,7 @@ from alignkit.rewards.sandbox import SandboxResult, run_in_sandbox, run_many
 
 __all__ = [
     "BUILTIN_REWARDS",
+    "ModelReward",
     "RewardError",
     "SandboxError",
     "SandboxResult",
