@@ -1,0 +1,718 @@
+"""Direct preference optimization (lecture section 2; Rafailov et al. 2023): train the policy directly on
+preference pairs, with the implicit reward r_hat(y) = beta * log(pi(y|x) / pi_ref(y|x)) and the loss
+L = -log sigma(r_hat(y_w) - r_hat(y_l)) (``alignkit.losses.dpo_loss``).
+
+    alignkit dpo -c configs/dpo/arith_tiny.yaml ref.mode=copy loss.beta=0.2
+    accelerate launch --num_processes 2 -m alignkit.cli dpo -c ...     (or torchrun; same code)
+
+Each step: pairs -> policy logprobs (chosen and rejected in ONE batch through one forward, split after; a
+sequence logprob is the SUM over its response tokens, EOS included) -> reference logprobs (the same batch
+through the reference, or the cache) -> loss -> backward / step -> log; every ``train.eval_every`` steps:
+held-out pair metrics, the policy's KL to the reference on held-out prompts and, for records with an
+``answer``, greedy answers scored.
+
+Reference (``ref.mode``):
+- ``copy``: a deep copy of the initial policy, eval mode, requires_grad off, one extra forward per step.
+- ``adapter``: the policy itself with its LoRA adapters disabled (peft ``disable_adapter()``); needs
+  ``model.lora.enabled: true``. No second model in memory.
+- ``precomputed``: one no-grad pass over the training and held-out pairs before training; the logprobs are
+  cached as tensors keyed by pair index in ``<run>/ref_logprobs.safetensors`` (reused on resume when the
+  data and model fingerprint match). No reference model in memory during training steps. The held-out KL
+  evaluation still needs reference logprobs of fresh samples: it uses the adapter-disabled policy under
+  LoRA, else loads the initial model for the duration of the evaluation (``train.eval_kl_prompts: 0``
+  never loads it).
+``loss.reference_free: true`` drops the reference from the loss (log pi_ref = 0); no reference is built.
+
+Metrics (``train/*`` per step over the global batch, ``eval/*`` on held-out pairs): ``rewards/chosen``,
+``rewards/rejected`` (beta x log-ratios), ``rewards/margin`` (r_w - r_l), ``rewards/accuracy``,
+``rewards/confidence`` = sigma(margin) (the lecture's "confidence in ranking"), ``rewards/grad_weight`` =
+sigma(r_l - r_w) (the sigmoid loss's per-pair gradient weight), ``logps/chosen``, ``logps/rejected``,
+``beta`` and ``lr``; ``eval/kl`` = KL(pi || pi_ref) per sequence, estimated on ``train.eval_kl_prompts``
+held-out prompts sampled at temperature 1 (sum over response tokens of the k3 estimator, unbiased).
+
+Decisions, stated up front:
+- Reward accuracy counts a tie (margin exactly 0, e.g. policy == reference at step 0) as half right, so
+  chance is 50%.
+- The loss is the sum of per-pair losses divided by the number of pairs in the whole global batch (all
+  micro-batches and processes), so 1 x 8 micro-batches, 8 x 1 and 2 processes x 4 train the same.
+- ``loss.beta_schedule``: constant, or from ``loss.beta`` at the first step to ``loss.beta_final`` at the
+  last, linearly or by cosine. Learning-rate warmup is ``optim.warmup_steps``. IPO uses the summed logprobs
+  (no length normalization, unlike TRL's IPO).
+- ``train.share_prefix`` (default): chosen and rejected of a pair share ONE row, ``chosen + rejected[S:]``,
+  S = their common prefix (the prompt and any common start of the responses), which is computed once; an
+  attention mask keeps each continuation from seeing the other and position ids continue at S. Exact (a test
+  compares it with the plain concatenated [2B, T] batch, used with ``share_prefix: false`` or attention
+  other than eager/sdpa). The lm_head runs only from the first column that predicts a target.
+- ``train.bucket``: each process sorts its pairs by length before cutting micro-batches (less padding; the
+  step's sum is unchanged).
+- Bad input: an empty prompt/chosen/rejected is a DataError from the schema (file, row, field); a pair over
+  ``data.max_length`` (prompt included) is a DataError by default, or dropped and counted as
+  ``data/dropped`` with ``data.on_overflow: drop`` (never truncated: that would cut the EOS); a pair whose
+  chosen and rejected render to the same tokens carries no preference: it is skipped, counted as
+  ``data/skipped_identical`` and logged. No pair left is an error.
+- ``data.train_file: null`` is the synthetic arithmetic set: the correct R1 trace is preferred over one
+  with a wrong answer or a correct answer badly formatted (``data.rejected``); held-out questions never
+  occur in training.
+- A checkpoint (model, optimizer, scheduler, RNG, data position) is written atomically every
+  ``output.save_every`` steps and on SIGTERM, after which the run exits 0; ``output.resume`` continues it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from alignkit.config import ModelSection, OptimSection, OutputSection, Section, to_yaml
+from alignkit.infra import PhaseTimer, RunLogger, plot_metrics, progress, seed_everything
+from alignkit.infra.checkpoint import GracefulStop, latest_checkpoint, load_checkpoint, save_checkpoint
+from alignkit.infra.train import (
+    NonFiniteGuard,
+    backward,
+    build_optimizer,
+    build_scheduler,
+    export_model,
+    optimizer_step,
+    prepare_model,
+    setup_accelerator,
+)
+from alignkit.losses import dpo_loss, kl_divergence
+
+logger = logging.getLogger(__name__)
+
+REJECTED_KINDS = ("wrong_answer", "wrong_trace", "bad_format")
+MIXED_KINDS = ("wrong_answer", "bad_format")  # wrong_trace needs a model that can check arithmetic: opt-in
+CACHE_FILE = "ref_logprobs.safetensors"
+
+
+class DataSection(Section):
+    train_file: str | None = Field(None, description="preference data (jsonl/json/parquet/csv/datasets dir) with "
+                                   "prompt, chosen, rejected (strings or chat messages); None = synthetic arithmetic")
+    eval_file: str | None = Field(None, description="held-out preference data; None = split eval_fraction off train_file")
+    eval_fraction: float = Field(0.05, ge=0, lt=1, description="held-out fraction of train_file when no eval_file")
+    n_train: int = Field(2000, gt=0, description="synthetic: training pairs")
+    n_eval: int = Field(64, gt=0, description="synthetic: held-out pairs (distinct questions)")
+    level: int = Field(2, ge=1, le=5, description="synthetic: arithmetic difficulty level (1-5)")
+    max_offset: int = Field(5, ge=1, description="synthetic: a wrong answer is off by 1..max_offset (either sign)")
+    rejected: Literal["mixed", "wrong_answer", "wrong_trace", "bad_format"] = Field(
+        "mixed", description="synthetic: the rejected side: a wrong answer in the R1 format (wrong_answer: the "
+        "trace is right; wrong_trace: trace and answer wrong), the right answer badly formatted (bad_format), "
+        "or each pair wrong_answer or bad_format at random (mixed)")
+    max_length: int = Field(128, gt=0, description="max tokens of a chosen or rejected sequence (prompt included)")
+    on_overflow: Literal["error", "drop"] = Field("error", description="a pair with a side over max_length")
+
+
+class ReferenceSection(Section):
+    mode: Literal["copy", "adapter", "precomputed"] = Field(
+        "precomputed", description="copy: frozen copy of the initial policy; adapter: the policy with its LoRA "
+        "adapters disabled (needs model.lora.enabled); precomputed: logprobs cached once before training")
+    batch_size: int = Field(64, gt=0, description="pairs per no-grad forward when precomputing")
+
+
+class LossSection(Section):
+    loss_type: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid: DPO; ipo: (h - 1/(2 beta))^2")
+    beta: float = Field(0.1, gt=0, description="KL strength beta (the start value under a schedule)")
+    beta_final: float | None = Field(None, gt=0, description="beta at the last step under a schedule")
+    beta_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="beta over training: constant, or from beta to beta_final linearly / by cosine")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO: assumed label-flip rate")
+    reference_free: bool = Field(False, description="log pi_ref = 0 in the loss: no reference model")
+
+    @model_validator(mode="after")
+    def _schedule_has_target(self):
+        if self.beta_schedule != "constant" and self.beta_final is None:
+            raise ValueError(f"beta_schedule={self.beta_schedule!r} needs beta_final")
+        return self
+
+
+class TrainSection(Section):
+    steps: int = Field(200, gt=0, description="optimizer steps")
+    batch_size: int = Field(32, gt=0, description="pairs per optimizer step (global, all processes)")
+    grad_accum: int = Field(1, gt=0, description="micro-batches per step and process")
+    bucket: bool = Field(True, description="sort each process's pairs by length before cutting micro-batches")
+    share_prefix: bool = Field(True, description="one row per pair: the common prefix of chosen and rejected "
+                               "(prompt and any common response start) is computed once; exact; needs 'eager' or "
+                               "'sdpa' attention (else the plain [2B, T] batch)")
+    precision: Literal["no", "bf16", "fp16"] = Field("no", description="mixed precision on GPUs")
+    seed: int = Field(0, description="seed for data order and initialization")
+    eval_every: int = Field(50, gt=0, description="evaluate every N steps (and at the end)")
+    eval_generate: int = Field(64, ge=0, description="held-out prompts with an 'answer' field answered greedily")
+    eval_kl_prompts: int = Field(32, ge=0, description="held-out prompts sampled (T=1) to estimate KL to the reference")
+    max_new_tokens: int = Field(48, gt=0, description="evaluation: max tokens per generated completion")
+
+
+class DPOConfig(Section):
+    model: ModelSection = Field(default_factory=ModelSection, description="policy (and initial reference)")
+    ref: ReferenceSection = Field(default_factory=ReferenceSection, description="where reference logprobs come from")
+    loss: LossSection = Field(default_factory=LossSection, description="DPO loss and beta")
+    data: DataSection = Field(default_factory=DataSection, description="preference data")
+    optim: OptimSection = Field(default_factory=lambda: OptimSection(lr=1e-3), description="optimizer and schedule")
+    train: TrainSection = Field(default_factory=TrainSection, description="loop sizes")
+    output: OutputSection = Field(default_factory=lambda: OutputSection(name="dpo"), description="where results go")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Data: synthetic pairs, rendering with the bad-input policy, collation.
+# --------------------------------------------------------------------------------------------------------
+
+def bad_format_completion(problem, variant: int) -> str:
+    """The right answer in one of four wrong layouts (``variant`` mod 4): bare number, ``q=a``, an answer
+    block without the think block, a think block without the answer tags.
+
+    >>> from alignkit.data import Problem
+    >>> p = Problem("23+45", 68, 2, (23, 45), ("+",))
+    >>> [bad_format_completion(p, v) for v in range(4)]
+    ['68', '23+45=68', '<answer>68</answer>', '<think>23+45=68</think>68']
+    """
+    from alignkit.data import evaluate_steps
+
+    _, steps = evaluate_steps(problem.operands, problem.operators)
+    layouts = (str(problem.answer), f"{problem.question}={problem.answer}", f"<answer>{problem.answer}</answer>",
+               f"<think>{' '.join(steps)}</think>{problem.answer}")
+    return layouts[variant % len(layouts)]
+
+
+def arithmetic_preferences(problems, *, rejected: str = "mixed", max_offset: int = 5, seed: int = 0) -> list[dict]:
+    """Preference rows ``{"prompt", "chosen", "rejected", "answer", "rejected_kind"}``: chosen = the correct
+    R1 trace; rejected = a wrong answer (``alignkit.data.preferences.wrong_completion``) or the right answer
+    badly formatted (:func:`bad_format_completion`), per ``rejected`` ('mixed': wrong_answer or bad_format,
+    drawn per pair)."""
+    from alignkit.data import ideal_trace
+    from alignkit.data.preferences import wrong_completion
+
+    if rejected != "mixed" and rejected not in REJECTED_KINDS:
+        raise ValueError(f"rejected must be 'mixed' or one of {list(REJECTED_KINDS)} (got {rejected!r})")
+    rng = random.Random(seed)
+    offsets = [d for d in range(-max_offset, max_offset + 1) if d]
+    rows = []
+    for p in problems:
+        kind = rng.choice(MIXED_KINDS) if rejected == "mixed" else rejected
+        bad = (bad_format_completion(p, rng.randrange(4)) if kind == "bad_format"
+               else wrong_completion(p, rng.choice(offsets), rejected=kind))
+        rows.append({"prompt": p.question, "chosen": ideal_trace(p), "rejected": bad, "answer": p.answer_text,
+                     "rejected_kind": kind})
+    return rows
+
+
+def load_data(cfg: DataSection, seed: int) -> tuple[list, list]:
+    """-> (train records, eval records). Files are validated at load time (DataError names file/row/field)."""
+    from alignkit.data import load_records, make_split, split_records
+
+    if cfg.train_file is None:
+        train_p, eval_p = make_split(cfg.n_train, cfg.n_eval, level=cfg.level, seed=seed)
+        kw = dict(rejected=cfg.rejected, max_offset=cfg.max_offset)
+        return arithmetic_preferences(train_p, seed=seed, **kw), arithmetic_preferences(eval_p, seed=seed + 1, **kw)
+    records = load_records(cfg.train_file, "preference")
+    if cfg.eval_file is not None:
+        return records, load_records(cfg.eval_file, "preference")
+    return split_records(records, eval_fraction=cfg.eval_fraction, seed=seed)
+
+
+@dataclass
+class Pair:
+    """A rendered pair (both sides start with the same prompt tokens); ``index`` keys the reference cache."""
+
+    chosen: object  # RenderedExample
+    rejected: object  # RenderedExample
+    index: int
+
+
+def render_pairs(tokenizer, records, cfg: DataSection) -> tuple[list[Pair], list, dict]:
+    """Records -> (pairs, their parsed records, {"dropped": over-long, "skipped_identical": chosen == rejected})."""
+    from alignkit.data import parse_record, render_preference
+
+    pairs, kept, counts = [], [], {"dropped": 0, "skipped_identical": 0}
+    for i, raw in enumerate(records, start=1):
+        rec = parse_record("preference", raw, row=i)
+        out = render_preference(tokenizer, rec, max_length=cfg.max_length, on_overflow=cfg.on_overflow)
+        if out is None:
+            counts["dropped"] += 1
+        elif out[0].input_ids == out[1].input_ids:
+            counts["skipped_identical"] += 1
+            logger.warning("%s, row %d: chosen and rejected are identical; pair skipped", rec.source, rec.row)
+        else:
+            pairs.append(Pair(out[0], out[1], len(pairs)))
+            kept.append(rec)
+    if counts["dropped"]:
+        logger.warning("dropped %d pairs longer than max_length=%d", counts["dropped"], cfg.max_length)
+    return pairs, kept, counts
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """Number of leading tokens ``a`` and ``b`` share.
+
+    >>> common_prefix_length([5, 6, 7, 8], [5, 6, 9])
+    2
+    """
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def collate(pairs: list[Pair], pad_token_id: int, *, share_prefix: bool = False) -> dict:
+    """B pairs -> one batch holding chosen and rejected together; ``index`` [B] are the cache keys.
+
+    Plain (``share_prefix=False``): right-padded [2B, T] ``input_ids``, ``attention_mask``, ``response_mask``,
+    chosen rows 0..B-1, rejected rows B..2B-1.
+
+    Shared prefix: ONE right-padded row per pair, ``chosen + rejected[S:]`` with S = the pair's common prefix
+    (the prompt, and any common start of the two responses), so the prefix is computed once. [B, L] tensors:
+    ``input_ids``; ``position_ids`` (the rejected part continues at S, as if it followed the prefix);
+    ``segments`` 0 = shared prefix, 1 = rest of chosen, 2 = rest of rejected, 3 = padding (a token sees
+    earlier tokens of its own segment and of the prefix: :func:`prefix_sharing_mask`); ``prev`` = the column
+    whose logits predict the token (column S-1 for the first token after the prefix); ``chosen_mask`` /
+    ``rejected_mask`` = the column's token is a target of that side (a response token inside the prefix
+    counts for both). ``pair_logps`` gives the same numbers as the plain layout.
+    """
+    from alignkit.data import pad_batch
+
+    index = torch.tensor([p.index for p in pairs], dtype=torch.long)
+    if not share_prefix:
+        batch = pad_batch([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_token_id=pad_token_id)
+        batch["response_mask"][:, 0] = 0  # the first token of a sequence is never a target
+        return {**batch, "index": index}
+    rows = []
+    for p in pairs:
+        c, r = p.chosen, p.rejected
+        S, Lc, Lr = common_prefix_length(c.input_ids, r.input_ids), len(c), len(r)
+        rows.append((c.input_ids + r.input_ids[S:], list(range(Lc)) + list(range(S, Lr)),
+                     [0] * S + [1] * (Lc - S) + [2] * (Lr - S),
+                     [-1] + list(range(Lc - 1)) + ([S - 1] + list(range(Lc, Lc + Lr - S - 1)) if Lr > S else []),
+                     [0] + c.response_mask[1:] + [0] * (Lr - S),
+                     [0] + r.response_mask[1:S] + [0] * (Lc - S) + r.response_mask[S:]))
+    width = max(len(row[0]) for row in rows)
+    fills = (pad_token_id, 0, 3, 0, 0, 0)
+    names = ("input_ids", "position_ids", "segments", "prev", "chosen_mask", "rejected_mask")
+    out = {name: torch.tensor([row[k] + [fills[k]] * (width - len(row[0])) for row in rows], dtype=torch.long)
+           for k, name in enumerate(names)}
+    return {**out, "index": index}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Log-probabilities: policy, reference (three modes), the precomputed cache.
+# --------------------------------------------------------------------------------------------------------
+
+SHARED_PREFIX_ATTENTION = ("eager", "sdpa")  # implementations that take a custom 4D mask as given
+
+
+def attention_implementation(model) -> str | None:
+    """The transformers attention implementation of ``model`` (DDP and peft wrappers looked through)."""
+    model = getattr(model, "module", model)
+    return getattr(getattr(model, "config", None), "_attn_implementation", None)
+
+
+def prefix_sharing_mask(segments: torch.Tensor, float_dtype: torch.dtype | None) -> torch.Tensor:
+    """[B, 1, L, L] mask of the shared-prefix layout: query q sees key k <= q whose segment is the prefix (0)
+    or its own. Boolean (True = attend) for sdpa, additive (0 / dtype min) when ``float_dtype`` is given."""
+    L = segments.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=segments.device).tril()
+    keys, queries = segments[:, None, :], segments[:, :, None]
+    allow = (causal & ((keys == 0) | (keys == queries)))[:, None]
+    if float_dtype is None:
+        return allow
+    return torch.zeros(allow.shape, dtype=float_dtype, device=allow.device).masked_fill_(~allow, torch.finfo(float_dtype).min)
+
+
+def pair_logps(model, batch: dict) -> torch.Tensor:
+    """[2B] summed response-token logprobs, chosen then rejected, from ONE forward over a :func:`collate` batch
+    (either layout). The lm_head runs only from the first column whose logits predict a target.
+
+    Naive equivalent: ``sequence_logprobs(model, ids, mask) * response_mask`` summed per row of the plain
+    [2B, T] batch; tests/unit/test_dpo_recipe.py asserts the shared-prefix layout agrees with it."""
+    from alignkit.logprobs import selective_log_softmax, sequence_logprobs
+
+    if "segments" not in batch:
+        mask = batch["response_mask"]
+        keep = mask.shape[1] - int(mask.any(0).long().argmax())  # from the first column with any target
+        lp = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], logits_to_keep=keep)
+        return (lp * mask).sum(-1)
+    ids = batch["input_ids"]
+    B, L = ids.shape
+    rows, cols = (batch["chosen_mask"] + batch["rejected_mask"]).nonzero(as_tuple=True)  # target tokens
+    prev = batch["prev"][rows, cols]
+    first = int(prev.min())
+    eager = attention_implementation(model) == "eager"
+    mask = prefix_sharing_mask(batch["segments"], next(model.parameters()).dtype if eager else None)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=batch["position_ids"], use_cache=False,
+                   logits_to_keep=L - first).logits  # [B, L - first, V]: columns first .. L-1
+    lp = selective_log_softmax(logits[rows, prev - first], ids[rows, cols])
+    chosen = lp.new_zeros(B).index_add(0, rows, lp * batch["chosen_mask"][rows, cols])
+    rejected = lp.new_zeros(B).index_add(0, rows, lp * batch["rejected_mask"][rows, cols])
+    return torch.cat([chosen, rejected])
+
+
+@torch.no_grad()
+def reference_logps(batch: dict, *, mode: str, ref_model=None, policy=None, cache: dict | None = None,
+                    split: str = "train") -> torch.Tensor:
+    """[2B] reference logprobs of a concatenated batch: from the frozen copy, the adapter-disabled policy
+    (``policy`` unwrapped from DDP), or the cache (``cache[f"{split}_chosen"]`` [N] by ``batch["index"]``)."""
+    if mode == "precomputed":
+        idx = batch["index"].cpu()
+        return torch.cat([cache[f"{split}_chosen"][idx], cache[f"{split}_rejected"][idx]]).to(batch["input_ids"].device)
+    if mode == "adapter":
+        with policy.disable_adapter():
+            return pair_logps(policy, batch)
+    return pair_logps(ref_model, batch)
+
+
+def row_length(pair: Pair, share_prefix: bool) -> int:
+    """Columns the pair takes in a :func:`collate` batch (the sort key of length bucketing)."""
+    c, r = pair.chosen.input_ids, pair.rejected.input_ids
+    return len(c) + len(r) - common_prefix_length(c, r) if share_prefix else max(len(c), len(r))
+
+
+@torch.no_grad()
+def precompute_logps(model, pairs: list[Pair], pad_token_id: int, *, batch_size: int, device,
+                     share_prefix: bool = False, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen [N], rejected [N]) summed logprobs of every pair under ``model`` (keyed by ``pair.index``), in
+    batches of similar length (little padding). With ``world`` > 1 each process does every world-th batch;
+    the caller sums across processes."""
+    was_training = model.training
+    model.eval()
+    chosen, rejected = torch.zeros(len(pairs)), torch.zeros(len(pairs))
+    by_length = sorted(pairs, key=lambda p: row_length(p, share_prefix))
+    for n, start in enumerate(range(0, len(by_length), batch_size)):
+        if n % world != rank:
+            continue
+        group = by_length[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate(group, pad_token_id, share_prefix=share_prefix).items()}
+        c, r = pair_logps(model, batch).float().cpu().chunk(2)
+        idx = batch["index"].cpu()
+        chosen[idx], rejected[idx] = c, r
+    model.train(was_training)
+    return chosen, rejected
+
+
+def data_fingerprint(model_cfg: ModelSection, train: list[Pair], held_out: list[Pair]) -> str:
+    """Hash of the model config and every pair's token ids: a cache made for other data is never reused."""
+    h = hashlib.sha256(json.dumps(model_cfg.model_dump(mode="json"), sort_keys=True).encode())
+    for p in train + [None] + held_out:
+        h.update(b"|" if p is None else json.dumps([p.chosen.input_ids, p.chosen.response_mask,
+                                                     p.rejected.input_ids, p.rejected.response_mask]).encode())
+    return h.hexdigest()
+
+
+def reference_cache(acc, path: Path, fingerprint: str, reference, train: list[Pair], held_out: list[Pair],
+                    pad_token_id: int, batch_size: int, share_prefix: bool) -> tuple[dict, bool]:
+    """{train_chosen, train_rejected, eval_chosen, eval_rejected} [N] fp32 from ``path`` when its fingerprint
+    matches, else computed with ``reference`` (one pass, shared across processes) and saved. -> (cache, reused)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("fingerprint") == fingerprint:
+                return {k: f.get_tensor(k) for k in f.keys()}, True
+    cache = {}
+    for split, pairs in (("train", train), ("eval", held_out)):
+        c, r = precompute_logps(reference, pairs, pad_token_id, batch_size=batch_size, device=acc.device,
+                                share_prefix=share_prefix, rank=acc.process_index, world=acc.num_processes)
+        if acc.num_processes > 1:  # each process filled its own batches, zeros elsewhere: a sum gathers them
+            c, r = (acc.reduce(t.to(acc.device), reduction="sum").cpu() for t in (c, r))
+        cache[f"{split}_chosen"], cache[f"{split}_rejected"] = c, r
+    if acc.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(cache, str(tmp), metadata={"fingerprint": fingerprint})
+        tmp.replace(path)
+    return cache, False
+
+
+# --------------------------------------------------------------------------------------------------------
+# The loss path and its metrics.
+# --------------------------------------------------------------------------------------------------------
+
+def beta_at(step: int, total: int, cfg: LossSection) -> float:
+    """beta at 0-based ``step`` of ``total``: constant, or ``beta`` -> ``beta_final`` (reached at the last step)."""
+    if cfg.beta_schedule == "constant" or cfg.beta_final is None:
+        return cfg.beta
+    progress_ = min(1.0, step / max(1, total - 1))
+    shape = 1.0 - progress_ if cfg.beta_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress_))
+    return cfg.beta_final + (cfg.beta - cfg.beta_final) * shape
+
+
+STAT_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "rewards/confidence",
+             "rewards/grad_weight", "logps/chosen", "logps/rejected")
+
+
+def pair_loss(logps: torch.Tensor, ref_logps: torch.Tensor, *, beta: float, cfg: LossSection
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Concatenated [2B] policy and reference logprobs (chosen first) -> (losses [B], per-pair stats [B]).
+
+    margin = r_w - r_l with r = beta * (log pi - log pi_ref); accuracy = 1[margin > 0] + 0.5 * 1[margin = 0];
+    confidence = sigma(margin); grad_weight = sigma(r_l - r_w) = 1 - confidence.
+    """
+    pc, pr = logps.chunk(2)
+    rc, rr = ref_logps.chunk(2)
+    losses, chosen_rewards, rejected_rewards = dpo_loss(
+        pc, pr, rc, rr, beta=beta, label_smoothing=cfg.label_smoothing, loss_type=cfg.loss_type,
+        reference_free=cfg.reference_free)
+    margin = chosen_rewards - rejected_rewards
+    stats = dict(zip(STAT_KEYS, (chosen_rewards, rejected_rewards, margin,
+                                 (margin > 0).float() + 0.5 * (margin == 0).float(), torch.sigmoid(margin),
+                                 torch.sigmoid(-margin), pc.detach(), pr.detach())))
+    return losses, stats
+
+
+def batch_loss(model, batch: dict, ref_logps: torch.Tensor, *, num_pairs: int, beta: float, cfg: LossSection
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of the batch's pair losses / ``num_pairs`` (the global batch's pairs), per-stat sums [len(STAT_KEYS)])."""
+    losses, stats = pair_loss(pair_logps(model, batch), ref_logps, beta=beta, cfg=cfg)
+    return losses.sum() / num_pairs, torch.stack([stats[k].sum() for k in STAT_KEYS]).double()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Evaluation.
+# --------------------------------------------------------------------------------------------------------
+
+@contextmanager
+def eval_reference(policy, ref_model, model_cfg: ModelSection, device):
+    """The reference for evaluating fresh samples: the frozen copy, the adapter-disabled policy, or (cache /
+    reference-free without LoRA) the initial model loaded for the duration of the ``with`` block."""
+    if ref_model is not None:
+        yield ref_model
+    elif hasattr(policy, "disable_adapter"):
+        with policy.disable_adapter():
+            yield policy
+    else:
+        from alignkit.models import load_policy
+
+        model = load_policy(model_cfg)[0].to(device).eval()
+        yield model
+        del model
+
+
+@torch.no_grad()
+def held_out_kl(policy, reference_ctx, tokenizer, prompts: list, *, max_new_tokens: int, seed: int) -> float:
+    """Mean over prompts of KL(pi || pi_ref) of a completion sampled from the policy at T = 1: the sum over its
+    tokens of the k3 estimator r - 1 - log r, r = pi_ref / pi (unbiased for the sequence KL)."""
+    from alignkit.logprobs import sequence_logprobs
+    from alignkit.rollout import generate
+
+    out = generate(policy, tokenizer, prompts, num_samples=1, max_new_tokens=max_new_tokens, temperature=1.0,
+                   seed=seed)
+    P = out.prompt_ids.shape[1]
+    with reference_ctx as ref:
+        ref_lp = sequence_logprobs(ref, out.input_ids, out.attention_mask)[:, P:]
+    kl = kl_divergence(out.rollout_logprobs, ref_lp, estimator="k3") * out.response_mask
+    return float(kl.sum(-1).mean())
+
+
+@torch.no_grad()
+def greedy_answers(policy, tokenizer, records: list, *, max_new_tokens: int) -> dict:
+    """Greedy completions of held-out prompts with an ``answer``: accuracy, strict R1 format, and the
+    preferred style (both), scored with the same reward functions RL uses."""
+    from alignkit.data import render_prompt
+    from alignkit.rewards import accuracy_reward, format_reward
+    from alignkit.rollout import generate
+
+    prompts = [render_prompt(tokenizer, r.prompt) for r in records]
+    texts = generate(policy, tokenizer, prompts, num_samples=1, max_new_tokens=max_new_tokens,
+                     temperature=0.0).completions
+    acc = [accuracy_reward(t, answer=str(r.extra["answer"])) for t, r in zip(texts, records)]
+    fmt = [format_reward(t) for t in texts]
+    n = len(records)
+    return {"eval/answer_accuracy": sum(acc) / n, "eval/format": sum(fmt) / n,
+            "eval/preferred": sum(a * f for a, f in zip(acc, fmt)) / n}
+
+
+@torch.no_grad()
+def evaluate(policy, tokenizer, pairs: list[Pair], records: list, ref_cache: dict, *, beta: float,
+             loss_cfg: LossSection, kl_reference, train_cfg: TrainSection, share_prefix: bool,
+             batch_size: int = 64) -> dict:
+    """Held-out pair metrics (loss and STAT_KEYS means), KL to the reference on held-out prompts, and greedy
+    answers for records that carry an ``answer``. ``policy`` is the plain (unwrapped) model."""
+    device = next(policy.parameters()).device
+    was_training = policy.training
+    policy.eval()
+    sums, loss_sum = torch.zeros(len(STAT_KEYS), dtype=torch.float64), 0.0
+    for i in range(0, len(pairs), batch_size):
+        group = collate(pairs[i:i + batch_size], tokenizer.pad_token_id, share_prefix=share_prefix)
+        batch = {k: v.to(device) for k, v in group.items()}
+        ref = reference_logps(batch, mode="precomputed", cache=ref_cache, split="eval")
+        losses, stats = pair_loss(pair_logps(policy, batch), ref, beta=beta, cfg=loss_cfg)
+        loss_sum += float(losses.sum())
+        sums += torch.stack([stats[k].sum() for k in STAT_KEYS]).double().cpu()
+    out = {"eval/loss": loss_sum / len(pairs), **{f"eval/{k}": float(v) / len(pairs) for k, v in zip(STAT_KEYS, sums)}}
+    if train_cfg.eval_kl_prompts:
+        from alignkit.data import render_prompt
+
+        prompts = [render_prompt(tokenizer, r.prompt) for r in records[:train_cfg.eval_kl_prompts]]
+        out["eval/kl"] = held_out_kl(policy, kl_reference(), tokenizer, prompts,
+                                     max_new_tokens=train_cfg.max_new_tokens, seed=train_cfg.seed)
+    answered = [r for r in records if "answer" in r.extra][:train_cfg.eval_generate]
+    if answered:
+        out.update(greedy_answers(policy, tokenizer, answered, max_new_tokens=train_cfg.max_new_tokens))
+    policy.train(was_training)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# The run.
+# --------------------------------------------------------------------------------------------------------
+
+def frozen_copy(model):
+    """Mode 'copy': a deep copy of the initial policy, eval mode, requires_grad off."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def setup_reference(cfg: DPOConfig, acc, model, ref_model, tokenizer, train: list[Pair], held_out: list[Pair],
+                    run_dir: Path, share_prefix: bool) -> tuple[dict, bool]:
+    """-> (cache {train_*, eval_*} [N], reused from the run directory?). Call with the policy at its INITIAL
+    weights (before a checkpoint is loaded). The held-out reference logprobs are cached in every mode (the
+    reference never changes); the training ones only in mode 'precomputed'."""
+    lora = cfg.model.lora.enabled
+    with (model.disable_adapter() if lora else nullcontext()):  # LoRA starts as the identity, but be exact
+        reference = ref_model if ref_model is not None else model
+        cached = train if cfg.ref.mode == "precomputed" and not cfg.loss.reference_free else []
+        return reference_cache(acc, run_dir / CACHE_FILE, data_fingerprint(cfg.model, cached, held_out),
+                               reference.to(acc.device), cached, held_out, tokenizer.pad_token_id, cfg.ref.batch_size,
+                               share_prefix)
+
+
+def run(cfg: DPOConfig) -> dict:
+    """Train per ``cfg``; returns a summary. Writes under <output.dir>/<output.name>/: config.yaml,
+    metrics.jsonl, tensorboard/, ref_logprobs.safetensors, checkpoints/, final/ (plain transformers),
+    curves.png, summary.json."""
+    from alignkit.models import load_policy
+
+    t_start, cpu_start = time.perf_counter(), time.process_time()
+    acc = setup_accelerator(cfg.train.precision)
+    world, rank = acc.num_processes, acc.process_index
+    per_step = world * cfg.train.grad_accum
+    if cfg.train.batch_size % per_step:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} must divide by processes x grad_accum = "
+                         f"{world} x {cfg.train.grad_accum}; e.g. batch_size={per_step * max(1, cfg.train.batch_size // per_step)}")
+    seed_everything(cfg.train.seed)
+    run_dir = Path(cfg.output.dir) / cfg.output.name
+    if cfg.ref.mode == "adapter" and not cfg.model.lora.enabled:
+        raise ValueError("ref.mode=adapter uses the policy with its LoRA adapters disabled: set "
+                         "model.lora.enabled=true, or use ref.mode=copy or precomputed")
+    model, tokenizer = load_policy(cfg.model)
+    ref_model = frozen_copy(model).to(acc.device) if cfg.ref.mode == "copy" and not cfg.loss.reference_free else None
+    model = prepare_model(model, cfg.model).to(acc.device)
+    train_records, eval_records = load_data(cfg.data, cfg.train.seed)
+    train, _, counts = render_pairs(tokenizer, train_records, cfg.data)
+    held_out, held_out_records, _ = render_pairs(tokenizer, eval_records, cfg.data)
+    if len(train) < cfg.train.batch_size or not held_out:
+        raise ValueError(f"{len(train)} training and {len(held_out)} held-out pairs left (after {counts}): need "
+                         f"at least train.batch_size={cfg.train.batch_size} and 1")
+    pad_id, t_setup = tokenizer.pad_token_id, time.perf_counter()
+    share = cfg.train.share_prefix and attention_implementation(model) in SHARED_PREFIX_ATTENTION
+    if cfg.train.share_prefix and not share:
+        logger.warning("train.share_prefix: attention %r takes no custom mask; using the plain [2B, T] batch",
+                       attention_implementation(model))
+    cache, reused = setup_reference(cfg, acc, model, ref_model, tokenizer, train, held_out, run_dir, share)
+    t_setup = time.perf_counter() - t_setup
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
+
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    start_step, order, cursor = 0, torch.randperm(len(train), generator=gen).tolist(), 0
+    ckpt = latest_checkpoint(run_dir) if cfg.output.resume else None
+    if ckpt is not None:
+        state, tensors = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+        start_step, order, cursor = state["step"], state["order"], state["cursor"]
+        gen.set_state(tensors["data_generator"])
+    model, optimizer = acc.prepare(model, optimizer)
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    log = RunLogger(run_dir, tensorboard=cfg.output.tensorboard, enabled=acc.is_main_process,
+                    resume_step=start_step if ckpt else None, wandb_project="alignkit" if cfg.output.wandb else None)
+    guard, timer = NonFiniteGuard(cfg.output.max_bad_steps), PhaseTimer()
+    plain = acc.unwrap_model(model)
+    mode = "none" if cfg.loss.reference_free else cfg.ref.mode
+
+    def run_eval(step: int) -> dict:
+        return evaluate(plain, tokenizer, held_out, held_out_records, cache, beta=beta_at(step, cfg.train.steps, cfg.loss),
+                        loss_cfg=cfg.loss, train_cfg=cfg.train, share_prefix=share,
+                        kl_reference=lambda: eval_reference(plain, ref_model, cfg.model, acc.device))
+
+    start_metrics = run_eval(start_step)
+    if ckpt is None:
+        log.log(0, {**start_metrics, **{f"data/{k}": v for k, v in counts.items()},
+                    "time/reference_setup": t_setup, "data/reference_cache_reused": int(reused)})
+
+    def checkpoint(step):
+        if acc.is_main_process:
+            save_checkpoint(run_dir, step, model=acc.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
+                            state={"order": order, "cursor": cursor}, tensors={"data_generator": gen.get_state()},
+                            keep_last=cfg.output.keep_last)
+        acc.wait_for_everyone()
+
+    B, micro_n = cfg.train.batch_size, cfg.train.batch_size // per_step
+    t0, metrics, step, interrupted = time.perf_counter(), dict(start_metrics), start_step, False
+    bar = progress(range(start_step, cfg.train.steps), desc="dpo", unit="step", disable=not acc.is_main_process,
+                   initial=start_step, total=cfg.train.steps)
+    with GracefulStop() as stop:
+        for step in bar:
+            with timer("data"):
+                if cursor + B > len(order):
+                    order, cursor = torch.randperm(len(train), generator=gen).tolist(), 0
+                local = [train[i] for i in order[cursor:cursor + B]][rank::world]
+                cursor += B
+                if cfg.train.bucket:
+                    local.sort(key=lambda p: row_length(p, share))
+                beta = beta_at(step, cfg.train.steps, cfg.loss)
+            with timer("forward_backward"):
+                sums, loss_sum = torch.zeros(len(STAT_KEYS), dtype=torch.float64), 0.0
+                for m in range(cfg.train.grad_accum):
+                    group = collate(local[m * micro_n:(m + 1) * micro_n], pad_id, share_prefix=share)
+                    batch = {k: v.to(acc.device) for k, v in group.items()}
+                    ref = (torch.zeros(2 * micro_n, device=acc.device) if mode == "none" else
+                           reference_logps(batch, mode=mode, ref_model=ref_model, policy=plain, cache=cache))
+                    sync = acc.no_sync(model) if m < cfg.train.grad_accum - 1 else nullcontext()
+                    with sync:
+                        loss, stat_sums = batch_loss(model, batch, ref, num_pairs=B, beta=beta, cfg=cfg.loss)
+                        backward(acc, loss)
+                    loss_sum += loss.item()
+                    sums += stat_sums.cpu()
+                totals = acc.reduce(torch.cat([torch.tensor([loss_sum], dtype=torch.float64), sums]).to(acc.device),
+                                    reduction="sum").tolist()
+                loss_total = totals[0]
+            with timer("update"):
+                grad_norm, applied = optimizer_step(model, optimizer, scheduler, guard=guard, loss=loss_total,
+                                                    max_grad_norm=cfg.optim.max_grad_norm, step=step + 1)
+            metrics = {"train/loss": loss_total, **{f"train/{k}": v / B for k, v in zip(STAT_KEYS, totals[1:])},
+                       "train/beta": beta, "train/grad_norm": grad_norm, "train/lr": scheduler.get_last_lr()[0],
+                       "train/skipped": int(not applied)}
+            done = step + 1
+            if done % cfg.train.eval_every == 0 or done == cfg.train.steps:
+                with timer("eval"):
+                    metrics.update(run_eval(done))
+            metrics.update(timer.summary())
+            log.log(done, metrics)
+            bar.set_postfix(loss=f"{loss_total:.3f}", acc=f"{metrics['train/rewards/accuracy']:.2f}")
+            interrupted = stop.requested
+            if interrupted or (cfg.output.save_every and done % cfg.output.save_every == 0):
+                checkpoint(done)
+            if interrupted:
+                break
+    log.close()
+    summary = {"start": start_metrics, "end": {k: v for k, v in metrics.items() if k.startswith("eval/")},
+               "steps": step + 1, "interrupted": interrupted, "non_finite_steps": guard.total, "data": counts,
+               "share_prefix": share, "reference_cache_reused": reused,
+               "setup_s": t0 - t_start, "reference_setup_s": t_setup, "wall_s": time.perf_counter() - t0,
+               "cpu_s": time.process_time() - cpu_start, "run_dir": str(run_dir)}
+    if acc.is_main_process and not interrupted:
+        final = export_model(acc.unwrap_model(model))
+        final.save_pretrained(run_dir / "final", safe_serialization=True)
+        tokenizer.save_pretrained(run_dir / "final")
+        plot_metrics(log.path, run_dir / "curves.png", ["train/loss", "train/rewards/accuracy", "eval/rewards/accuracy",
+                                                        "eval/kl", "eval/preferred"], title=cfg.output.name)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
