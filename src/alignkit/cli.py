@@ -22,6 +22,7 @@ RECIPES = {
     "distill": ("alignkit.recipes.distill", "DistillConfig", "a teacher's verified samples (or logits) train a smaller student"),
     "rm": ("alignkit.recipes.reward_model", "RMConfig", "reward model (Bradley-Terry) on prompt/chosen/rejected pairs"),
     "dpo": ("alignkit.recipes.dpo", "DPOConfig", "direct preference optimization on prompt/chosen/rejected pairs"),
+    "ppo": ("alignkit.recipes.ppo", "PPOConfig", "PPO (RLHF): critic, GAE, per-token KL penalty, rule or reward-model reward"),
 }
 PIPELINES = {"r1": ("alignkit.pipelines.r1", "R1Config", "the DeepSeek-R1 multi-stage pipeline")}
 DEMO_CONFIG = "configs/pipelines/r1_tiny.yaml"
@@ -113,11 +114,11 @@ def _eval(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = "\n".join(f"  {n:<8} {d}" for n, (_, _, d) in RECIPES.items())
+    commands = "\n".join(f"  {n:<17} {d}" for n, (_, _, d) in RECIPES.items())
     usage = (f"usage: alignkit <command> [-c CONFIG] [key=value ...]\n\ncommands:\n{commands}\n"
-             f"  eval     held-out accuracy and format compliance of a model directory\n"
-             f"  pipeline r1: the DeepSeek-R1 multi-stage pipeline (alignkit pipeline r1 -c CONFIG)\n"
-             f"  demo     the main job: the R1 pipeline on the bundled tiny model\n\n`alignkit <command> --help` lists its options.")
+             f"  {'eval':<17} held-out accuracy and format compliance of a model directory\n"
+             f"  {'pipeline r1':<17} the DeepSeek-R1 multi-stage pipeline (alignkit pipeline r1 -c CONFIG)\n"
+             f"  {'demo':<17} the main job: the R1 pipeline on the bundled tiny model\n\n`alignkit <command> --help` lists its options.")
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return 0

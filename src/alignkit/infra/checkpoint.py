@@ -1,10 +1,10 @@
 """Atomic checkpoints and resume.
 
-Layout of ``<run_dir>/checkpoints/step-N/``: ``model/`` (save_pretrained, safetensors), ``trainer.pt``
-(optimizer, scheduler, RNG states: loaded with ``torch.load(weights_only=True)``), ``state.json`` (step,
-data position, anything JSON) and ``COMPLETE``, written last. A checkpoint is written into a temporary
-directory beside its final name and renamed into place, so a crash mid-save leaves a ``.tmp-*``
-directory that :func:`latest_checkpoint` ignores.
+Layout of ``<run_dir>/checkpoints/step-N/``: ``model/`` (save_pretrained, safetensors), ``<name>.safetensors``
+for each extra module (e.g. PPO's critic), ``trainer.pt`` (optimizer, scheduler, RNG states: loaded with
+``torch.load(weights_only=True)``), ``state.json`` (step, data position, anything JSON) and ``COMPLETE``,
+written last. A checkpoint is written into a temporary directory beside its final name and renamed into
+place, so a crash mid-save leaves a ``.tmp-*`` directory that :func:`latest_checkpoint` ignores.
 """
 
 from __future__ import annotations
@@ -45,12 +45,16 @@ def save_checkpoint(
     state: dict | None = None,
     tensors: dict | None = None,
     keep_last: int | None = 2,
+    modules: dict[str, torch.nn.Module] | None = None,
 ) -> Path:
     """Write ``checkpoints/step-<step>`` atomically and prune older complete ones beyond ``keep_last``.
 
     ``state`` must be JSON-serializable (data position, counters); ``tensors`` holds extra tensors (e.g. a
-    torch.Generator state) saved with the optimizer.
+    torch.Generator state) saved with the optimizer; ``modules`` are extra models (e.g. a critic), each saved as
+    ``<name>.safetensors`` with ``safetensors.torch.save_model``.
     """
+    from safetensors.torch import save_model
+
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
@@ -58,6 +62,8 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     model.save_pretrained(tmp / "model", safe_serialization=True)
+    for name, module in (modules or {}).items():
+        save_model(module, str(tmp / f"{name}.safetensors"))
     trainer = {"rng": _portable_rng(rng_state()), "tensors": tensors or {}}
     if optimizer is not None:
         trainer["optimizer"] = optimizer.state_dict()
@@ -89,9 +95,11 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None) -> tuple[dict, dict]:
-    """Restore model weights, optimizer, scheduler and RNG states in place; returns (state, tensors)."""
-    from safetensors.torch import load_file
+def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None,
+                    modules: dict[str, torch.nn.Module] | None = None) -> tuple[dict, dict]:
+    """Restore model weights, optimizer, scheduler, RNG states and the extra ``modules`` (saved under the same
+    names) in place; returns (state, tensors)."""
+    from safetensors.torch import load_file, load_model
 
     path = Path(path)
     weights = {}
@@ -104,6 +112,8 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None) 
     if real_missing or unexpected:
         raise RuntimeError(f"{path}: checkpoint does not match the model (missing {real_missing[:5]}, "
                            f"unexpected {unexpected[:5]})")
+    for name, module in (modules or {}).items():
+        load_model(module, str(path / f"{name}.safetensors"))
     trainer = torch.load(path / "trainer.pt", weights_only=True)
     if optimizer is not None:
         optimizer.load_state_dict(trainer["optimizer"])
