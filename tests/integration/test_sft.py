@@ -156,3 +156,14 @@ def test_two_processes_train_like_one(tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), abs=1e-5)
     assert_same_weights(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"), atol=1e-5)
+
+
+def test_lora_resume_gives_the_same_run(tmp_path, monkeypatch):
+    lora = ["model.lora.enabled=true", "model.lora.r=4", "train.steps=4", "train.batch_size=8"]
+    sft.run(cfg_for(tmp_path, "straight", *lora))
+    monkeypatch.setattr(sft, "GracefulStop", StopAfter(2))
+    sft.run(cfg_for(tmp_path, "resumed", *lora))
+    monkeypatch.setattr(sft, "GracefulStop", StopAfter(10**9))
+    sft.run(cfg_for(tmp_path, "resumed", *lora, "output.resume=true"))
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    assert_same_weights(final_weights(tmp_path / "resumed"), final_weights(tmp_path / "straight"))

@@ -1,6 +1,7 @@
 """Atomic checkpoints and resume.
 
-Layout of ``<run_dir>/checkpoints/step-N/``: ``model/`` (save_pretrained, safetensors), ``<name>.safetensors``
+Layout of ``<run_dir>/checkpoints/step-N/``: ``model.safetensors`` (the full module state, LoRA adapters
+included), ``<name>.safetensors``
 for each extra module (e.g. PPO's critic), ``trainer.pt`` (optimizer, scheduler, RNG states: loaded with
 ``torch.load(weights_only=True)``), ``state.json`` (step, data position, anything JSON) and ``COMPLETE``,
 written last. A checkpoint is written into a temporary directory beside its final name and renamed into
@@ -61,7 +62,9 @@ def save_checkpoint(
     tmp = root / f".tmp-step-{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    model.save_pretrained(tmp / "model", safe_serialization=True)
+    from safetensors.torch import save_model
+
+    save_model(model, str(tmp / "model.safetensors"))  # any nn.Module (peft too); shared/tied tensors once
     for name, module in (modules or {}).items():
         save_model(module, str(tmp / f"{name}.safetensors"))
     trainer = {"rng": _portable_rng(rng_state()), "tensors": tensors or {}}
@@ -99,19 +102,13 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None,
                     modules: dict[str, torch.nn.Module] | None = None) -> tuple[dict, dict]:
     """Restore model weights, optimizer, scheduler, RNG states and the extra ``modules`` (saved under the same
     names) in place; returns (state, tensors)."""
-    from safetensors.torch import load_file, load_model
+    from safetensors.torch import load_model
 
     path = Path(path)
-    weights = {}
-    for f in sorted((path / "model").glob("*.safetensors")):
-        weights.update(load_file(f))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    # Tied embeddings are saved once; anything else missing is a real mismatch.
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    real_missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
-    if real_missing or unexpected:
-        raise RuntimeError(f"{path}: checkpoint does not match the model (missing {real_missing[:5]}, "
-                           f"unexpected {unexpected[:5]})")
+    try:
+        load_model(model, str(path / "model.safetensors"))  # strict: a different model is an error
+    except RuntimeError as err:
+        raise RuntimeError(f"{path}: checkpoint does not match the model ({str(err)[:300]})") from None
     for name, module in (modules or {}).items():
         load_model(module, str(path / f"{name}.safetensors"))
     trainer = torch.load(path / "trainer.pt", weights_only=True)
