@@ -42,6 +42,7 @@ def test_pipeline_runs_end_to_end_and_resumes_without_redoing_stages(tmp_path):
     assert all(s in report for s in MODEL_STAGES) and (root / "report.png").is_file()
 
 
+@pytest.mark.slow
 def test_distillation_lifts_the_student(tmp_path):
     from alignkit.config import build_config
     from alignkit.data import ideal_trace, write_jsonl
@@ -53,17 +54,18 @@ def test_distillation_lifts_the_student(tmp_path):
     write_jsonl([{"prompt": p.question, "completion": ideal_trace(p)} for p in arithmetic_train_problems(3000)],
                 tmp_path / "ideal.jsonl")
     sft.run(build_config(sft.SFTConfig, {"data": {"train_file": str(tmp_path / "ideal.jsonl")},
-                                         "train": {"steps": 300, "eval_generate": 0, "eval_every": 1000},
+                                         "train": {"steps": 800, "eval_generate": 0, "eval_every": 1000},
                                          "output": {"dir": str(tmp_path), "name": "teacher", "tensorboard": False}}))
     held_out = arithmetic_eval_set(n=100)
     student = resolve_model_path("bundled-student")
     before = evaluate_model(load_causal_lm(student), load_tokenizer(student), held_out)
     summary = distill.run(build_config(distill.DistillConfig, {
-        "teacher": {"path": str(tmp_path / "teacher" / "final")}, "prompts": {"n_prompts": 1000},
-        "train": {"steps": 300}, "output": {"dir": str(tmp_path), "name": "d", "tensorboard": False}}))
+        "teacher": {"path": str(tmp_path / "teacher" / "final")}, "prompts": {"n_prompts": 2000},
+        "optim": {"lr": 3e-3}, "train": {"steps": 1500, "eval_every": 5000},
+        "output": {"dir": str(tmp_path), "name": "d", "tensorboard": False}}))
     after = evaluate_model(load_causal_lm(tmp_path / "d" / "student" / "final"), load_tokenizer(student), held_out)
     assert summary["teacher_data"]["kept"] > 100
-    assert after["accuracy"] > before["accuracy"] and after["format"] > 0.9
+    assert after["accuracy"] >= before["accuracy"] + 0.05 and after["format"] > 0.9
 
 
 @pytest.mark.slow

@@ -167,3 +167,10 @@ def test_lora_resume_gives_the_same_run(tmp_path, monkeypatch):
     sft.run(cfg_for(tmp_path, "resumed", *lora, "output.resume=true"))
     assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
     assert_same_weights(final_weights(tmp_path / "resumed"), final_weights(tmp_path / "straight"))
+
+
+def test_gradient_checkpointing_changes_no_number(tmp_path):
+    sft.run(cfg_for(tmp_path, "plain", "train.steps=2", "train.batch_size=8"))
+    sft.run(cfg_for(tmp_path, "ckpt", "train.steps=2", "train.batch_size=8", "model.gradient_checkpointing=true"))
+    assert losses(tmp_path / "ckpt") == pytest.approx(losses(tmp_path / "plain"), abs=1e-6)
+    assert_same_weights(final_weights(tmp_path / "ckpt"), final_weights(tmp_path / "plain"), atol=1e-6)
