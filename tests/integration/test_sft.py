@@ -174,3 +174,10 @@ def test_gradient_checkpointing_changes_no_number(tmp_path):
     sft.run(cfg_for(tmp_path, "ckpt", "train.steps=2", "train.batch_size=8", "model.gradient_checkpointing=true"))
     assert losses(tmp_path / "ckpt") == pytest.approx(losses(tmp_path / "plain"), abs=1e-6)
     assert_same_weights(final_weights(tmp_path / "ckpt"), final_weights(tmp_path / "plain"), atol=1e-6)
+
+
+def test_batches_are_full_even_when_the_data_is_smaller_than_a_batch(tmp_path):
+    sft.run(cfg_for(tmp_path, "tiny", "data.n_train=5", "data.n_eval=2", "train.steps=3", "train.batch_size=8"))
+    rows = [json.loads(x) for x in (tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines()][1:]
+    tokens = [r["train/tokens"] for r in rows]
+    assert len(tokens) == 3 and min(tokens) > 0

@@ -19,6 +19,7 @@ Decisions, stated up front:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -41,6 +42,8 @@ from alignkit.infra.train import (
     setup_accelerator,
 )
 from alignkit.losses import aggregate_loss, sft_loss
+
+log = logging.getLogger("alignkit.sft")
 
 
 class DataSection(Section):
@@ -165,8 +168,11 @@ def run(cfg: SFTConfig) -> dict:
     kw = dict(max_length=cfg.data.max_length, on_overflow=cfg.data.on_overflow)
     train, dropped = render_many(tokenizer, train_records, **kw)
     held_out, _ = render_many(tokenizer, eval_records, **kw)
+    if not train:
+        raise ValueError("no training examples left after rendering (all dropped?)")
     if len(train) < cfg.train.batch_size:
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than the {len(train)} training examples")
+        log.warning("only %d training examples for batches of %d: examples repeat within a step", len(train),
+                    cfg.train.batch_size)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
 
@@ -203,11 +209,15 @@ def run(cfg: SFTConfig) -> dict:
                    initial=start_step, total=cfg.train.steps)
     with GracefulStop() as stop:
         for step in bar:
-            with timer("data"):
-                if cursor + cfg.train.batch_size > len(order):
-                    order, cursor = torch.randperm(len(train), generator=gen).tolist(), 0
-                examples = [train[i] for i in order[cursor:cursor + cfg.train.batch_size]]
-                cursor += cfg.train.batch_size
+            with timer("data"):  # every batch is full: it runs on into the next shuffled epoch
+                idx = []
+                while len(idx) < cfg.train.batch_size:
+                    if cursor >= len(order):
+                        order, cursor = torch.randperm(len(train), generator=gen).tolist(), 0
+                    take = order[cursor:cursor + cfg.train.batch_size - len(idx)]
+                    cursor += len(take)
+                    idx += take
+                examples = [train[i] for i in idx]
                 num_tokens = sum(sum(e.response_mask[1:]) for e in examples)  # global target tokens
                 local = examples[rank::world]
                 micro = len(local) // cfg.train.grad_accum
