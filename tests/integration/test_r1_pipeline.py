@@ -76,3 +76,18 @@ def test_full_budget_pipeline_meets_the_bars(tmp_path):
     assert teacher["accuracy"] >= base["accuracy"] + 0.30
     assert teacher["format"] >= 0.90
     assert student["accuracy"] - base["accuracy"] >= 0.5 * (teacher["accuracy"] - base["accuracy"])
+
+
+def test_logit_distillation_lowers_the_kl_to_the_teacher(tmp_path):
+    from alignkit.config import build_config
+    from alignkit.infra import read_metrics
+    from alignkit.recipes import distill
+
+    summary = distill.run(build_config(distill.DistillConfig, {
+        "mode": "logits", "teacher": {"path": "bundled"}, "prompts": {"n_prompts": 40},
+        "reward": {"weights": {"accuracy": 1.0}}, "train": {"steps": 60, "batch_size": 8},
+        "output": {"dir": str(tmp_path), "name": "logits", "tensorboard": False}}))
+    kl = [r["train/kl"] for r in read_metrics(tmp_path / "logits" / "student" / "metrics.jsonl")]
+    assert summary["teacher_data"]["kept"] > 0
+    assert sum(kl[-5:]) / 5 < 0.85 * sum(kl[:5]) / 5
+    AutoModelForCausalLM.from_pretrained(tmp_path / "logits" / "student" / "final")
