@@ -4,7 +4,12 @@ import random
 
 import torch
 
-from alignkit.infra.checkpoint import complete_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
+from alignkit.infra.checkpoint import (
+    complete_checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from alignkit.models import build_tiny
 
 

@@ -229,7 +229,7 @@ def test_vectors_file_agrees_with_these_tests():
     """The hand-written expectations above are the file's exact values (guards against a copying slip)."""
     vectors = {v["id"]: v for v in json.loads(VECTORS.read_text())}
     assert COVERED <= set(vectors)
-    for vid, (rewards, pop, sample) in GRPO_CASES.items():
+    for vid, (_rewards, pop, sample) in GRPO_CASES.items():
         ex = vectors[vid]["exact"]
         assert ex["A_population"] == pytest.approx(pop, abs=1e-6), vid
         assert ex["A_sample"] == pytest.approx(sample, abs=1e-6), vid

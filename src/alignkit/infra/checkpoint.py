@@ -62,7 +62,6 @@ def save_checkpoint(
     tmp = root / f".tmp-step-{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    from safetensors.torch import save_model
 
     save_model(model, str(tmp / "model.safetensors"))  # any nn.Module (peft too); shared/tied tensors once
     for name, module in (modules or {}).items():

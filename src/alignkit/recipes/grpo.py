@@ -35,7 +35,7 @@ import logging
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -152,7 +152,7 @@ def load_prompts(cfg: DataSection, tokenizer) -> tuple[dict, list, int]:
                     load_records(cfg.eval_file, "prompt")][:cfg.n_eval] if cfg.eval_file else []
     pools: dict[int, list] = {}
     dropped = 0
-    for i, rec in enumerate(records, start=1):
+    for rec in records:
         ids = render_prompt(tokenizer, rec["prompt"], max_length=cfg.max_prompt_length, on_overflow=cfg.on_overflow)
         if ids is None:
             dropped += 1
@@ -409,11 +409,12 @@ def run(cfg: GRPOConfig) -> dict:
                     if ok:
                         adaptive.update(p[1], p[2].get("level"), sum(ok) / len(ok))
 
-            def mean_of(key):
-                vals = loss_stats.get(key)
+            last = cfg.loss.mu - 1
+
+            def mean_of(key, stats=loss_stats):
+                vals = stats.get(key)
                 return float(torch.stack(vals).mean()) if vals else None
 
-            last = cfg.loss.mu - 1
             metrics = {
                 **reward_metrics(scored), "loss": loss_total, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
                 "beta": beta, "temperature": temperature, "entropy": mean_of("entropy"),
