@@ -42,6 +42,7 @@ from pydantic import Field
 
 from alignkit.advantages import group_advantages, zero_variance_groups
 from alignkit.config import ModelSection, OptimSection, OutputSection, RewardSection, Section, to_yaml
+from alignkit.data.prompts import PromptDataSection, PromptSampler, load_prompts
 from alignkit.infra import PhaseTimer, RunLogger, plot_metrics, progress, seed_everything
 from alignkit.infra.checkpoint import GracefulStop, latest_checkpoint, load_checkpoint, save_checkpoint
 from alignkit.infra.schedules import AdaptiveGroupSize, Curriculum, interpolate, piecewise_constant
@@ -59,16 +60,6 @@ from alignkit.infra.train import (
 from alignkit.losses import AGGREGATIONS, KL_ESTIMATORS, AdaptiveKLController, grpo_loss, masked_mean
 
 log = logging.getLogger("alignkit.grpo")
-
-
-class DataSection(Section):
-    train_file: str | None = Field(None, description="prompt records (prompt + ground-truth fields); None = synthetic arithmetic")
-    eval_file: str | None = Field(None, description="held-out prompt records; None = the seeded arithmetic held-out set")
-    levels: list[int] = Field([1, 2, 3], description="synthetic: arithmetic levels (the curriculum walks them in order)")
-    n_train: int = Field(4000, gt=0, description="synthetic: training prompts (never a held-out question)")
-    n_eval: int = Field(100, gt=0, description="held-out prompts answered greedily at evaluation")
-    max_prompt_length: int = Field(64, gt=0, description="longest prompt in tokens")
-    on_overflow: Literal["error", "drop"] = Field("error", description="a longer prompt: error, or drop and count")
 
 
 class CurriculumSection(Section):
@@ -122,7 +113,7 @@ class TrainSection(Section):
 
 class GRPOConfig(Section):
     model: ModelSection = Field(default_factory=ModelSection, description="policy (and reference) model")
-    data: DataSection = Field(default_factory=DataSection, description="prompts")
+    data: PromptDataSection = Field(default_factory=PromptDataSection, description="prompts")
     curriculum: CurriculumSection = Field(default_factory=CurriculumSection, description="difficulty curriculum")
     rollout: RolloutSection = Field(default_factory=RolloutSection, description="sampling")
     reward: RewardSection = Field(default_factory=RewardSection, description="rule-based rewards")
@@ -137,64 +128,6 @@ class GRPOConfig(Section):
 # ----------------------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------------------
-def load_prompts(cfg: DataSection, tokenizer) -> tuple[dict, list, int]:
-    """-> ({level: [(prompt_ids, fields)]}, held-out problems, dropped count). Fields go to the rewards."""
-    from alignkit.data import load_records, render_prompt
-    from alignkit.evaluation import arithmetic_eval_set, arithmetic_train_problems
-
-    if cfg.train_file is None:
-        records = [{"prompt": p.question, "answer": p.answer_text, "level": p.level}
-                   for p in arithmetic_train_problems(cfg.n_train, cfg.levels)]
-        held_out = arithmetic_eval_set(cfg.levels)[:cfg.n_eval]
-    else:
-        records = [dict(r.extra, prompt=r.prompt) for r in load_records(cfg.train_file, "prompt")]
-        held_out = [_Problem(r.prompt, r.extra.get("answer")) for r in
-                    load_records(cfg.eval_file, "prompt")][:cfg.n_eval] if cfg.eval_file else []
-    pools: dict[int, list] = {}
-    dropped = 0
-    for rec in records:
-        ids = render_prompt(tokenizer, rec["prompt"], max_length=cfg.max_prompt_length, on_overflow=cfg.on_overflow)
-        if ids is None:
-            dropped += 1
-            continue
-        fields = {k: v for k, v in rec.items() if k != "prompt"}
-        pools.setdefault(int(rec.get("level", 0)), []).append((ids, rec["prompt"], fields))
-    return pools, held_out, dropped
-
-
-class _Problem:
-    def __init__(self, question, answer):
-        self.question, self.answer = question, answer
-
-
-class PromptSampler:
-    """Seeded, resumable draws of B prompts from the pool of the current level (or all levels)."""
-
-    def __init__(self, pools: dict, seed: int):
-        self.pools = pools
-        self.gen = torch.Generator().manual_seed(seed)
-        self.orders: dict[str, list[int]] = {}
-        self.cursors: dict[str, int] = {}
-
-    def draw(self, n: int, level: int | None) -> list:
-        key = "all" if level is None else str(level)
-        pool = [x for lv in sorted(self.pools) for x in self.pools[lv]] if level is None else self.pools[level]
-        out = []
-        while len(out) < n:
-            if self.cursors.get(key, len(pool)) >= len(pool):
-                self.orders[key], self.cursors[key] = torch.randperm(len(pool), generator=self.gen).tolist(), 0
-            take = self.orders[key][self.cursors[key]:self.cursors[key] + n - len(out)]
-            self.cursors[key] += len(take)
-            out += [pool[i] for i in take]
-        return out
-
-    def state_dict(self) -> dict:
-        return {"orders": self.orders, "cursors": self.cursors}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.orders, self.cursors = state["orders"], state["cursors"]
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The step's phases
 # ----------------------------------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ from pydantic import Field
 
 from alignkit.advantages import gae, whiten
 from alignkit.config import ModelSection, OptimSection, OutputSection, RewardSection, Section, to_yaml
+from alignkit.data.prompts import PromptDataSection, PromptSampler, load_prompts
 from alignkit.infra import PhaseTimer, RunLogger, plot_metrics, progress, seed_everything
 from alignkit.infra.checkpoint import GracefulStop, latest_checkpoint, load_checkpoint, save_checkpoint
 from alignkit.infra.train import (
@@ -89,16 +90,6 @@ from alignkit.losses import (
 )
 
 log = logging.getLogger("alignkit.ppo")
-
-
-class DataSection(Section):
-    train_file: str | None = Field(None, description="prompt records (prompt + fields the rewards read); None = synthetic arithmetic")
-    eval_file: str | None = Field(None, description="held-out prompt records; None = the seeded arithmetic held-out set")
-    levels: list[int] = Field([1, 2, 3], description="synthetic: arithmetic levels")
-    n_train: int = Field(4000, gt=0, description="synthetic: training prompts (never a held-out question)")
-    n_eval: int = Field(100, gt=0, description="held-out prompts answered greedily at evaluation")
-    max_prompt_length: int = Field(64, gt=0, description="longest prompt in tokens")
-    on_overflow: Literal["error", "drop"] = Field("error", description="a longer prompt: error, or drop and count")
 
 
 class RolloutSection(Section):
@@ -173,7 +164,7 @@ class TrainSection(Section):
 class PPOConfig(Section):
     model: ModelSection = Field(default_factory=ModelSection, description="policy (and reference) model")
     critic: CriticSection = Field(default_factory=CriticSection, description="value model")
-    data: DataSection = Field(default_factory=DataSection, description="prompts")
+    data: PromptDataSection = Field(default_factory=PromptDataSection, description="prompts")
     rollout: RolloutSection = Field(default_factory=RolloutSection, description="sampling")
     reward: PPORewardSection = Field(default_factory=PPORewardSection, description="sequence reward")
     kl: KLSection = Field(default_factory=KLSection, description="KL penalty to the reference in the reward")
@@ -188,61 +179,6 @@ class PPOConfig(Section):
 # ----------------------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------------------
-def load_prompts(cfg: DataSection, tokenizer) -> tuple[list, list, int]:
-    """-> ([(prompt_ids, prompt_text, fields)], held-out problems, dropped count). Fields go to the rewards."""
-    from alignkit.data import load_records, render_prompt
-    from alignkit.evaluation import arithmetic_eval_set, arithmetic_train_problems
-
-    if cfg.train_file is None:
-        records = [{"prompt": p.question, "answer": p.answer_text}
-                   for p in arithmetic_train_problems(cfg.n_train, cfg.levels)]
-        held_out = arithmetic_eval_set(cfg.levels)[:cfg.n_eval]
-    else:
-        records = [dict(r.extra, prompt=r.prompt) for r in load_records(cfg.train_file, "prompt")]
-        held_out = [Problem(r.prompt, r.extra.get("answer")) for r in
-                    load_records(cfg.eval_file, "prompt")][:cfg.n_eval] if cfg.eval_file else []
-    pool, dropped = [], 0
-    for rec in records:
-        ids = render_prompt(tokenizer, rec["prompt"], max_length=cfg.max_prompt_length, on_overflow=cfg.on_overflow)
-        if ids is None:
-            dropped += 1
-        else:
-            pool.append((ids, rec["prompt"], {k: v for k, v in rec.items() if k != "prompt"}))
-    return pool, held_out, dropped
-
-
-@dataclass
-class Problem:
-    question: str
-    answer: str | None
-
-
-class PromptSampler:
-    """Seeded, resumable draws of B prompts: a fresh permutation of the pool each pass."""
-
-    def __init__(self, pool: list, seed: int):
-        self.pool, self.gen = pool, torch.Generator().manual_seed(seed)
-        self.order: list[int] = []
-        self.cursor = 0
-
-    def draw(self, n: int) -> list:
-        out = []
-        while len(out) < n:
-            if self.cursor >= len(self.order):
-                self.order, self.cursor = torch.randperm(len(self.pool), generator=self.gen).tolist(), 0
-            take = self.order[self.cursor:self.cursor + n - len(out)]
-            self.cursor += len(take)
-            out += [self.pool[i] for i in take]
-        return out
-
-    def state_dict(self) -> dict:
-        return {"order": self.order, "cursor": self.cursor, "gen": self.gen.get_state().tolist()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.order, self.cursor = state["order"], state["cursor"]
-        self.gen.set_state(torch.tensor(state["gen"], dtype=torch.uint8))
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The iteration's phases
 # ----------------------------------------------------------------------------------------------------------
@@ -528,7 +464,7 @@ def run(cfg: PPOConfig) -> dict:
         from alignkit.rewards.model_reward import ModelReward
 
         reward_model = ModelReward(cfg.reward.model, device=str(acc.device), batch_size=cfg.reward.model_batch_size)
-    pool, held_out, dropped = load_prompts(cfg.data, tokenizer)
+    pools, held_out, dropped = load_prompts(cfg.data, tokenizer)
     critic_module = critic if critic is not None else head
     optimizer = build_optimizer(model, cfg.optim)
     critic_optim = build_optimizer(critic_module, cfg.optim.model_copy(update={"lr": cfg.critic.lr}))
@@ -536,7 +472,7 @@ def run(cfg: PPOConfig) -> dict:
     per_iter = cfg.loss.epochs * math.ceil(rows_per_process / cfg.loss.minibatch_size)  # optimizer steps
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps * per_iter)
     critic_sched = build_scheduler(critic_optim, cfg.optim, cfg.train.steps * per_iter)
-    sampler = PromptSampler(pool, cfg.train.seed)
+    sampler = PromptSampler(pools, cfg.train.seed)
     kl_ctl = (AdaptiveKLController(cfg.kl.beta, cfg.kl.target, rule=cfg.kl.controller, horizon=cfg.kl.horizon)
               if cfg.kl.controller != "fixed" else None)
     pen_ctl = AdaptiveKLController(cfg.loss.kl_penalty_beta, cfg.loss.kl_penalty_target)
