@@ -201,3 +201,13 @@ def test_compiled_decode_step_matches_eager(tiny):
     b = generate(model, tok, PROMPTS, num_samples=2, max_new_tokens=8, temperature=1.0, seed=0, compile=True)
     assert torch.equal(a.completion_ids, b.completion_ids)
     torch.testing.assert_close(a.rollout_logprobs, b.rollout_logprobs, atol=1e-4, rtol=0)
+    # rows that finish early stay in the compiled (static) batch but must end exactly as in eager mode
+    free = generate(model, tok, PROMPTS, max_new_tokens=8, temperature=0.0)
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [tok.eos_token_id, free.completion_ids[1, 0].item()]
+    try:
+        c, d = (generate(model, tok, PROMPTS, max_new_tokens=8, temperature=0.0, compile=flag) for flag in (False, True))
+    finally:
+        model.generation_config.eos_token_id = saved
+    assert "eos" in c.finish_reasons and c.finish_reasons == d.finish_reasons
+    assert torch.equal(c.completion_ids, d.completion_ids) and torch.equal(c.response_mask, d.response_mask)

@@ -2,7 +2,8 @@
 
 Per call:
 1. Prefill: the N prompts, LEFT-padded, run once (position ids = cumsum(mask) - 1, a 2-D attention mask,
-   a fresh `DynamicCache`, logits of the last position only).
+   a fresh `DynamicCache` whose layers are `PreallocatedLayer`s sized for prompt + max_new_tokens, logits of
+   the last position only).
 2. The prefill cache and last logits are repeated G times (`DynamicCache.batch_repeat_interleave`), so each
    prompt is encoded once and shared by its G samples.
 3. Decode: per step one `sample_tokens` and one forward of the [A, 1] new tokens. Rows that end (EOS, stop
@@ -10,8 +11,11 @@ Per call:
    map are compacted, so later steps cost only what is still running. Nothing else runs per token (stop
    strings, when given, decode a short window of the active rows' last tokens).
 
-`compile=True` runs the decode-step forward through `torch.compile(dynamic=True)` (compiled once per model
-class and process; the first call pays the compilation).
+`compile=True` runs the decode step through `torch.compile` with static shapes: the prefill cache is copied
+into a `StaticCache` of capacity round_up(P + max_new_tokens, 64), every step feeds all B rows (finished rows
+are not computed on further: their outputs are ignored, but they stay in the batch so shapes never change)
+and a fixed-width attention mask. One graph per (B, capacity) per model class and process; the first call
+with a new shape pays the compilation. Full-attention models only.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import inspect
 from collections.abc import Sequence
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import DynamicLayer
 
 from alignkit.rollout.sampling import sample_tokens
@@ -108,14 +112,26 @@ class PreallocatedLayer(DynamicLayer):
         self._views()
 
 
-def _new_cache(model, capacity: int, compile: bool) -> DynamicCache:
+def _new_cache(model, capacity: int) -> DynamicCache:
     """A DynamicCache; with preallocated layers where every layer is a plain full-attention DynamicLayer
-    (sliding-window or linear-attention layers keep their own classes) and the step is not compiled
-    (dynamo fails on the buffer views; the compiled step uses the stock layers)."""
+    (sliding-window or linear-attention layers keep their own classes)."""
     cache = DynamicCache(config=model.config)
-    if not compile and cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
         cache.layers = [PreallocatedLayer(capacity) for _ in cache.layers]
     return cache
+
+
+def _to_static(model, cache: DynamicCache, capacity: int) -> StaticCache:
+    """Copy a filled (preallocated) DynamicCache into a StaticCache of `capacity` tokens, for compiled steps."""
+    if not all(isinstance(layer, PreallocatedLayer) for layer in cache.layers):
+        raise ValueError("compile=True supports full-attention models only; use compile=False")
+    static = StaticCache(config=model.config, max_cache_len=capacity)
+    for dst, src in zip(static.layers, cache.layers):
+        dst.lazy_initialization(src.keys[:, :, :1], src.values[:, :, :1])
+        dst.keys[:, :, :src.length] = src.keys
+        dst.values[:, :, :src.length] = src.values
+        dst.cumulative_length.fill_(src.length)
+    return static
 
 
 def _supports_logits_to_keep(model) -> bool:
@@ -128,7 +144,7 @@ def _decode_fn(model, compile: bool):
         return model.forward
     cls = type(model)
     if cls not in _COMPILED:
-        _COMPILED[cls] = torch.compile(cls.forward, dynamic=True)
+        _COMPILED[cls] = torch.compile(cls.forward, dynamic=False)
     compiled = _COMPILED[cls]
     return lambda **kw: compiled(model, **kw)
 
@@ -165,14 +181,19 @@ def generate_native(
     input_ids, prompt_mask = left_pad(prompts, pad_token_id, device)
     batch, width = len(prompts) * group, input_ids.shape[1]
     keep_last = _supports_logits_to_keep(model)
-    cache = _new_cache(model, width + budget, compile)
+    cache = _new_cache(model, width + budget)
     positions = (prompt_mask.cumsum(-1) - 1).clamp_(min=0)
     logits = _last_logits(model.forward, keep_last, input_ids=input_ids, attention_mask=prompt_mask,
                           position_ids=positions, past_key_values=cache)
     if group > 1:
         cache.batch_repeat_interleave(group)
         logits = logits.repeat_interleave(group, dim=0)
-    mask = torch.ones((batch, width + budget), dtype=torch.long, device=device)
+    capacity = -(-(width + budget) // 64) * 64 if compile else width + budget
+    if compile:
+        cache = _to_static(model, cache, capacity)
+        feed = torch.full((batch,), pad_token_id, dtype=torch.long, device=device)  # static [B] step input
+    # compiled: 0 until a position is written; eager: sliced to the written width each step
+    mask = torch.full((batch, capacity), 0 if compile else 1, dtype=torch.long, device=device)
     mask[:, :width] = prompt_mask.repeat_interleave(group, dim=0)
     next_pos = positions[:, -1:].repeat_interleave(group, dim=0) + 1  # [A, 1]
     rows = torch.arange(batch, device=device)  # output row of each active row
@@ -199,10 +220,19 @@ def generate_native(
             if keep is not None:
                 if keep.numel() == 0:
                     break
-                rows, tokens, mask, next_pos = rows[keep], tokens[keep], mask[keep], next_pos[keep]
-                cache.batch_select_indices(keep)
-        logits = _last_logits(step_fn, keep_last, input_ids=tokens[:, None], attention_mask=mask[:, :width + steps],
-                              position_ids=next_pos, past_key_values=cache)
+                rows, tokens = rows[keep], tokens[keep]
+                if not compile:
+                    mask, next_pos = mask[keep], next_pos[keep]
+                    cache.batch_select_indices(keep)
+        if compile:  # static shapes: all B rows, finished ones fed their last token and ignored
+            feed.index_copy_(0, rows, tokens)
+            mask[:, width + step] = 1
+            logits = _last_logits(step_fn, keep_last, input_ids=feed[:, None], attention_mask=mask,
+                                  position_ids=next_pos, past_key_values=cache)[rows]
+        else:
+            logits = _last_logits(step_fn, keep_last, input_ids=tokens[:, None],
+                                  attention_mask=mask[:, :width + steps], position_ids=next_pos,
+                                  past_key_values=cache)
         next_pos = next_pos + 1
     return Samples(out_ids[:, :steps], out_lp[:, :steps],
                    torch.tensor(lengths, dtype=torch.long, device=device).clamp_(max=steps), reasons)
