@@ -39,6 +39,7 @@ def generate(
     do_sample: bool | None = None,
     compile: bool = False,
     ignore_eos: bool = False,
+    fast: bool = True,
 ) -> Rollout:
     """Sample `num_samples` completions of each prompt; rows group-contiguous (row i*G + j: prompt i, sample j).
 
@@ -58,6 +59,8 @@ def generate(
         do_sample: None = (temperature > 0); False forces greedy; True with temperature <= 0 is an error.
         compile: native only: `torch.compile` the decode step (first call compiles).
         ignore_eos: EOS does not end a row (vLLM's option; benchmarks use it to make work equal).
+        fast: native only: run the lean Llama-family forward (`alignkit.models.decoder.FastDecoder`) where the
+            model qualifies; False (or an unsupported model, e.g. peft-wrapped) runs `model.forward`.
     Returns:
         `Rollout` with B = N * G rows; EOS ids are the tokenizer's plus the model's generation_config's.
     """
@@ -91,7 +94,7 @@ def generate(
             else:
                 generator = torch.Generator(device=device).manual_seed(seed)
                 samples = generate_native(model, token_prompts, eos_token_ids=eos_ids, generator=generator,
-                                          stop=matcher, compile=compile, **common)
+                                          stop=matcher, compile=compile, fast=fast, **common)
     return _to_rollout(samples, tokenizer, token_prompts, num_samples, pad_id, eos_ids, stops, device,
                        logprob_temperature)
 

@@ -1,0 +1,222 @@
+"""A lean KV-cached forward for Llama-family causal LMs (Llama, Qwen2, Mistral), for the native rollout loop.
+
+`model.forward` of transformers is general: per call it builds masks through `masking_utils`, runs rotary
+embeddings, wraps every layer in hooks and output records. For small models and decode steps (one token
+per row) that bookkeeping costs more than the arithmetic. `FastDecoder` reads the SAME weights and runs
+the same computation with only the tensor operations, per layer:
+
+    h = RMSNorm(x);  [q k v] = h W_qkv (+ b_qkv);  q, k = RoPE(q, k)
+    x = x + softmax(q K^T * scale + mask) V  W_o
+    h = RMSNorm(x);  x = x + (silu(h W_gate) * h W_up) W_down
+    logits = RMSNorm(x) W_lm_head
+
+Two changes of form, not of value:
+- q/k/v (and gate/up) projections are concatenated into one matrix each, one matmul instead of three.
+- RoPE is one complex multiplication: the rows of W_q and W_k are permuted inside each head so that the
+  pairs (j, j + d/2) that HF's `rotate_half` rotates together are adjacent; q . k is unchanged because q and
+  k are permuted alike (the cached keys are kept in that order; values are not permuted).
+
+The naive form is `model.forward`; `tests/test_decoder.py` checks prefill and decode logits against it on
+Llama, Qwen2 (q/k/v biases) and grouped-query attention, and greedy decoding against `model.generate`.
+Weights are snapshotted when the decoder is built (one rollout), so build a new one after an optimizer step.
+`FastDecoder.supports(model)` says whether a model qualifies (plain `nn.Linear` projections: a peft-wrapped
+model does not, and the native loop then uses `model.forward`).
+
+Shapes: A active rows, T new tokens per row, L = cache length so far, H query heads, KV key/value heads,
+d head dim, cap the cache capacity.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+
+
+class FastDecoder:
+    """Prefill + decode steps over a preallocated KV cache [A, KV, cap, d] per layer (see module docstring)."""
+
+    @staticmethod
+    def supports(model) -> bool:
+        """True where the lean forward computes exactly what `model.forward` does."""
+        if type(model).__name__ not in SUPPORTED:
+            return False
+        config = model.config
+        if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "use_sliding_window", False):
+            return False
+        if getattr(config, "sliding_window", None) and type(model).__name__ == "MistralForCausalLM":
+            return False
+        rope = getattr(model.model.rotary_emb, "rope_type", "default")
+        if rope == "dynamic" or not isinstance(model.lm_head, nn.Linear) or type(model.model.embed_tokens) is not nn.Embedding:
+            return False
+        for layer in model.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            mods = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+            if any(type(m) is not nn.Linear for m in mods):
+                return False
+        return True
+
+    def __init__(self, model, capacity: int):
+        if not self.supports(model):
+            raise ValueError(f"FastDecoder does not support {type(model).__name__} with this configuration")
+        config, inner = model.config, model.model
+        first = inner.layers[0].self_attn
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim, self.scale = first.head_dim, first.scaling
+        self.hidden, self.inter = config.hidden_size, config.intermediate_size
+        self.capacity = capacity
+        self.embed = inner.embed_tokens.weight
+        d = self.head_dim
+        # interleave (j, j + d/2) within each head: new 2j <- j, new 2j+1 <- j + d/2
+        self.perm = torch.stack([torch.arange(d // 2), torch.arange(d // 2) + d // 2], -1).reshape(-1)
+        head = model.lm_head
+        self.lm_head = ((head.weight.float() * inner.norm.weight.float()[None] * self.hidden ** 0.5)
+                        .t().contiguous().to(head.weight.dtype), head.bias)
+        self.final_eps = self._eps(inner.norm)
+        self.layers = [self._layer_weights(layer) for layer in inner.layers]
+        device = self.embed.device
+        positions = torch.arange(capacity, device=device)[None]
+        cos, sin = inner.rotary_emb(self.embed[:1][None], positions)  # [1, cap, d] each, HF's own RoPE values
+        cos, sin = cos[0].float(), sin[0].float()
+        if not (torch.equal(cos[:, :d // 2], cos[:, d // 2:]) and torch.equal(sin[:, :d // 2], sin[:, d // 2:])):
+            raise ValueError("unexpected rotary layout: cos/sin halves differ")
+        self.rope = torch.complex(cos[:, :d // 2], sin[:, :d // 2])  # [cap, d/2]
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.length = 0
+        self.key_mask: torch.Tensor | None = None  # [A, cap] additive: 0 where a key may be attended, min elsewhere
+
+    def _eps(self, norm) -> torch.Tensor:
+        """sqrt(n * eps) of an RMSNorm, for `_normed_linear`."""
+        return torch.tensor((self.hidden * norm.variance_epsilon) ** 0.5, dtype=torch.float32, device=self.embed.device)
+
+    def _layer_weights(self, layer) -> dict:
+        """One layer's weights in the decoder's form: q/k/v and gate/up concatenated, [in, out] (transposed) so
+        `x @ w` is the projection; the RMSNorm weight before each block folded into its input rows
+        (RMSNorm(x) W = r(x) * (x @ diag(g) W), r(x) = rsqrt(mean(x^2) + eps)); the attention scale folded
+        into W_q; each head's q/k rows permuted for the complex RoPE."""
+        attn, mlp = layer.self_attn, layer.mlp
+        d, perm = self.head_dim, self.perm
+
+        def heads(linear, n, scale=1.0):  # weight [n*d, in] and bias [n*d] with each head's rows permuted
+            w = linear.weight.view(n, d, -1)[:, perm].reshape(n * d, -1) * scale
+            b = linear.bias.view(n, d)[:, perm].reshape(-1) * scale if linear.bias is not None else None
+            return w, b
+
+        def fold(weights, biases, norm):  # [out, in] blocks, RMSNorm weight g -> (sqrt(n) diag(g) W^T, bias)
+            w = torch.cat(weights).float() * (norm.weight.float()[None, :] * self.hidden ** 0.5)
+            b = None
+            if any(x is not None for x in biases):
+                b = torch.cat([x if x is not None else torch.zeros(m.shape[0], dtype=m.dtype, device=m.device)
+                               for x, m in zip(biases, weights)])
+            return w.t().contiguous().to(norm.weight.dtype), b
+
+        q, bq = heads(attn.q_proj, self.heads, self.scale)
+        k, bk = heads(attn.k_proj, self.kv_heads)
+        return dict(
+            eps1=self._eps(layer.input_layernorm), eps2=self._eps(layer.post_attention_layernorm),
+            qkv=fold([q, k, attn.v_proj.weight], [bq, bk, attn.v_proj.bias], layer.input_layernorm),
+            o=(attn.o_proj.weight.t().contiguous(), attn.o_proj.bias),
+            gate_up=fold([mlp.gate_proj.weight, mlp.up_proj.weight], [mlp.gate_proj.bias, mlp.up_proj.bias],
+                         layer.post_attention_layernorm),
+            down=(mlp.down_proj.weight.t().contiguous(), mlp.down_proj.bias),
+        )
+
+    # ---- the forward -------------------------------------------------------------------------------------
+    @staticmethod
+    def _normed_linear(x: torch.Tensor, eps: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """RMSNorm(x) W + b with the norm weight and sqrt(n) folded into W (see `_layer_weights`):
+
+            x / sqrt(mean(x^2) + eps) diag(g) W = (x @ sqrt(n) diag(g) W) / hypot(||x||, sqrt(n eps))
+
+        two small ops (a norm and a hypot, in fp32 as HF's RMSNorm) instead of HF's five. `eps` holds
+        sqrt(n eps) as a 0-d fp32 tensor (`_eps`)."""
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
+        denom = torch.hypot(norm, eps).to(x.dtype)
+        out = (x @ weight_t).div_(denom)
+        return out if bias is None else out.add_(bias)
+
+    @staticmethod
+    def _residual(x: torch.Tensor, h: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x + h W (+ b), one addmm."""
+        out = torch.addmm(x, h, weight_t)
+        return out if bias is None else out.add_(bias)
+
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                 repeats: int = 1) -> torch.Tensor:
+        """input_ids [A, T], positions [A, T] (rotary positions), mask [A, 1, T, L + T] additive.
+
+        Writes the T new keys/values at cache columns [L, L + T) and returns the last position's hidden
+        state [A, hidden] (before the final norm). Prefill (L = 0) attends to its own keys/values and writes
+        each row's into `repeats` consecutive cache rows (the cache holds A * repeats rows)."""
+        a, t = input_ids.shape
+        h_, kv, d = self.heads, self.kv_heads, self.head_dim
+        rep, start, end = h_ // kv, self.length, self.length + t
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache capacity {self.capacity} exceeded")
+        rope = self.rope[positions][:, :, None, :]  # [A, T, 1, d/2]
+        mask = mask.expand(a, kv * rep, t, end).reshape(a * kv, rep * t, end)  # [A*KV, rep*T, L+T]
+        x = F.embedding(input_ids, self.embed).reshape(a * t, self.hidden)
+        for i, w in enumerate(self.layers):
+            qkv = self._normed_linear(x, w["eps1"], *w["qkv"])  # [A*T, (H + 2 KV) d]
+            qk = qkv[:, :(h_ + kv) * d].reshape(a, t, h_ + kv, d // 2, 2)
+            qk = torch.view_as_real(torch.view_as_complex(qk.float()) * rope).to(x.dtype)  # [A, T, H+KV, d/2, 2]
+            q = qk[:, :, :h_].reshape(a, t, kv, rep, d).permute(0, 2, 3, 1, 4).reshape(a * kv, rep * t, d)
+            new_k = qk[:, :, h_:].reshape(a, t, kv, d).transpose(1, 2)  # [A, KV, T, d]
+            new_v = qkv[:, (h_ + kv) * d:].reshape(a, t, kv, d).transpose(1, 2)
+            if start == 0:  # prefill: attend to the new keys; fill each row's `repeats` cache rows at once
+                cache_shape = (a, repeats, kv, self.capacity, d)
+                self.keys[i].view(cache_shape)[:, :, :, :end] = new_k[:, None]
+                self.values[i].view(cache_shape)[:, :, :, :end] = new_v[:, None]
+                keys, values = new_k.reshape(a * kv, end, d), new_v.reshape(a * kv, end, d)
+            else:
+                self.keys[i][:, :, start:end] = new_k
+                self.values[i][:, :, start:end] = new_v
+                keys = self.keys[i][:, :, :end].reshape(a * kv, end, d)
+                values = self.values[i][:, :, :end].reshape(a * kv, end, d)
+            scores = torch.baddbmm(mask, q, keys.transpose(1, 2))  # [A*KV, rep*T, L+T], scale folded in W_q
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(x.dtype)
+            out = probs.bmm(values).view(a, kv, rep, t, d).permute(0, 3, 1, 2, 4).reshape(a * t, h_ * d)
+            x = self._residual(x, out, *w["o"])
+            gate_up = self._normed_linear(x, w["eps2"], *w["gate_up"])
+            x = self._residual(x, F.silu(gate_up[:, :self.inter]).mul_(gate_up[:, self.inter:]), *w["down"])
+        self.length = end
+        return x.view(a, t, self.hidden)[:, -1]
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final RMSNorm and the LM head (its weight folded with the norm's), [A, hidden] -> [A, V]."""
+        return self._normed_linear(hidden, self.final_eps, *self.lm_head)
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
+                repeats: int = 1) -> torch.Tensor:
+        """Left-padded prompts input_ids / attention_mask / positions [N, P] -> last-position logits [N, V].
+
+        Each prompt is computed once; the cache gets N * repeats rows (prompt i -> rows i*repeats ..
+        i*repeats + repeats - 1, for G samples per prompt). Pad keys are masked for every later step. Cache
+        columns past the written length are left uninitialized: no step reads them."""
+        n, p = input_ids.shape
+        dtype, device = self.embed.dtype, self.embed.device
+        shape = (n * repeats, self.kv_heads, self.capacity, self.head_dim)
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in self.layers]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in self.layers]
+        self.length = 0
+        neg = torch.finfo(dtype).min
+        key_mask = torch.zeros((n, self.capacity), dtype=dtype, device=device)  # generated tokens: attended
+        key_mask[:, :p].masked_fill_(~attention_mask.bool(), neg)
+        causal = torch.ones(p, p, dtype=torch.bool, device=device).tril()
+        mask = key_mask[:, None, None, :p].masked_fill(~causal, neg)  # [N, 1, P, P]
+        self.key_mask = key_mask.repeat_interleave(repeats, dim=0) if repeats > 1 else key_mask
+        return self._logits(self._forward(input_ids, positions, mask, repeats))
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """One decode step: tokens [A] at rotary positions [A] -> logits [A, V]."""
+        mask = self.key_mask[:, None, None, :self.length + 1]  # [A, 1, 1, L+1]
+        return self._logits(self._forward(tokens[:, None], positions[:, None], mask))
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only `rows` (indices into the current rows), in that order."""
+        self.keys = [k[rows] for k in self.keys]
+        self.values = [v[rows] for v in self.values]
+        self.key_mask = self.key_mask[rows]

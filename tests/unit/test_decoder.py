@@ -1,0 +1,96 @@
+"""`FastDecoder` (the lean Llama-family forward of the native rollout loop) against its naive form,
+`model.forward`: prefill and decode-step logits, on Llama, Qwen2 (q/k/v biases), grouped-query attention and
+an untied LM head; which models it accepts; and the native loop with and without it."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from alignkit.models import build_tiny
+from alignkit.models.decoder import FastDecoder
+from alignkit.rollout import generate
+from alignkit.rollout.native import left_pad
+
+PROMPTS = [[40, 41, 42], [50, 51, 52, 53, 54, 55, 56], [60], [70, 71, 72, 73, 74]]
+
+CASES = {
+    "llama": dict(arch="llama"),
+    "qwen2": dict(arch="qwen2", seed=1),
+    "gqa": dict(arch="llama", num_heads=4, num_kv_heads=2, seed=2),
+    "untied": dict(arch="qwen2", tie_word_embeddings=False, hidden_size=32, num_heads=2, seed=3),
+}
+
+
+def _randomize_norms(model):
+    """Random RMSNorm weights (fresh models have all-ones), so folding them into the projections is tested."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.5 * torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_prefill_and_steps_equal_model_forward(case):
+    model, _ = build_tiny(**CASES[case])
+    model = _randomize_norms(model)
+    assert FastDecoder.supports(model)
+    group, steps = 3, 5
+    ids, mask = left_pad(PROMPTS, 0, torch.device("cpu"))
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    decoder = FastDecoder(model, ids.shape[1] + steps)
+    g = torch.Generator().manual_seed(1)
+    with torch.inference_mode():
+        logits = decoder.prefill(ids, mask, positions, repeats=group)
+        ref = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+        torch.testing.assert_close(logits, ref, atol=1e-5, rtol=0)
+        seq = ids.repeat_interleave(group, 0)
+        seq_mask = mask.repeat_interleave(group, 0)
+        next_pos = positions[:, -1].repeat_interleave(group) + 1
+        for _ in range(steps):
+            tokens = torch.randint(3, 200, (seq.shape[0],), generator=g)
+            logits = decoder.step(tokens, next_pos)
+            seq = torch.cat([seq, tokens[:, None]], 1)
+            seq_mask = torch.cat([seq_mask, torch.ones_like(tokens)[:, None]], 1)
+            full_pos = (seq_mask.cumsum(-1) - 1).clamp(min=0)
+            ref = model(input_ids=seq, attention_mask=seq_mask, position_ids=full_pos).logits[:, -1]
+            torch.testing.assert_close(logits, ref, atol=1e-5, rtol=0)
+            next_pos = next_pos + 1
+
+
+def test_select_keeps_the_chosen_rows():
+    model, _ = build_tiny()
+    ids, mask = left_pad(PROMPTS, 0, torch.device("cpu"))
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    a, b = FastDecoder(model, ids.shape[1] + 2), FastDecoder(model, ids.shape[1] + 2)
+    keep = torch.tensor([3, 0])
+    with torch.inference_mode():
+        a.prefill(ids, mask, positions)
+        b.prefill(ids[keep], mask[keep], positions[keep])
+        a.select(keep)
+        tokens, pos = torch.tensor([90, 91]), positions[keep, -1] + 1
+        torch.testing.assert_close(a.step(tokens, pos), b.step(tokens, pos), atol=1e-6, rtol=0)
+
+
+def test_which_models_qualify():
+    model, _ = build_tiny()
+    assert FastDecoder.supports(model)
+    lora = get_peft_model(build_tiny(seed=4)[0], LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    assert not FastDecoder.supports(lora) and not FastDecoder.supports(lora.base_model.model)
+    gelu, _ = build_tiny(seed=5)
+    gelu.config.hidden_act = "gelu"
+    assert not FastDecoder.supports(gelu)
+    with pytest.raises(ValueError, match="does not support"):
+        FastDecoder(gelu, 16)
+
+
+@pytest.mark.parametrize("case", ["llama", "qwen2", "gqa"])
+def test_native_loop_same_samples_with_and_without_the_decoder(case):
+    model, tok = build_tiny(**CASES[case])
+    prompts = ["hello there", "a", "what is 12+7 ?"]
+    kwargs = dict(num_samples=3, max_new_tokens=12, temperature=1.0, top_k=50, seed=3)
+    fast = generate(model, tok, prompts, **kwargs)
+    slow = generate(model, tok, prompts, fast=False, **kwargs)
+    assert torch.equal(fast.completion_ids, slow.completion_ids)
+    torch.testing.assert_close(fast.rollout_logprobs, slow.rollout_logprobs, atol=1e-5, rtol=0)
