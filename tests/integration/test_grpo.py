@@ -66,9 +66,12 @@ def test_one_step_by_hand_equals_the_recipe(tmp_path, monkeypatch):
         opt.step()
         opt.zero_grad()
     got = load_file(tmp_path / "step" / "final" / "model.safetensors")
+    # Adam divides each step by the gradient's own scale, so a rounding-level difference in a small gradient
+    # element (micro-batches of 5 rows vs one batch of 16) can move a weight by ~1e-5 at lr 1e-3; a wrong
+    # loss, normalization or micro-batch split moves weights by ~lr.
     for name, p in model.state_dict().items():
         if name in got:
-            assert torch.allclose(got[name], p, atol=2e-6), name
+            assert torch.allclose(got[name], p, atol=2e-5), name
     logged = rows(tmp_path / "step")[1]
     assert logged["reward/total"] == pytest.approx(r.mean().item(), abs=1e-6)
 
@@ -79,7 +82,8 @@ def test_micro_batch_size_changes_no_number(tmp_path):
     a, b = rows(tmp_path / "m16"), rows(tmp_path / "m3")
     assert [x["loss"] for x in a[1:]] == pytest.approx([x["loss"] for x in b[1:]], abs=1e-6)
     wa, wb = (load_file(tmp_path / n / "final" / "model.safetensors") for n in ("m16", "m3"))
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    assert worst < 5e-5, worst  # rounding, amplified by Adam (see test_one_step_by_hand_equals_the_recipe)
 
 
 def flaky_reward(completion, **fields):

@@ -129,14 +129,13 @@ class FastDecoder:
     def _normed_linear(x: torch.Tensor, eps: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """RMSNorm(x) W + b with the norm weight and sqrt(n) folded into W (see `_layer_weights`):
 
-            x / sqrt(mean(x^2) + eps) diag(g) W = (x @ sqrt(n) diag(g) W) / hypot(||x||, sqrt(n eps))
+            x / sqrt(mean(x^2) + eps) diag(g) W = (x / hypot(||x||, sqrt(n eps))) @ sqrt(n) diag(g) W
 
         two small ops (a norm and a hypot, in fp32 as HF's RMSNorm) instead of HF's five. `eps` holds
         sqrt(n eps) as a 0-d fp32 tensor (`_eps`)."""
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
-        denom = torch.hypot(norm, eps).to(x.dtype)
-        out = (x @ weight_t).div_(denom)
-        return out if bias is None else out.add_(bias)
+        h = x / torch.hypot(norm, eps).to(x.dtype)  # scaled before the matmul: in < out, and a cheap backward
+        return h @ weight_t if bias is None else torch.addmm(bias, h, weight_t)
 
     @staticmethod
     def _residual(x: torch.Tensor, h: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -167,9 +167,17 @@ def merge_rollouts(parts, pad_id: int) -> dict:
 
 
 def completion_logprobs(model, batch: dict, rows: slice, *, temperature: float, entropy: bool = False):
-    """Logprobs [R, C] (and entropies) of the completion tokens of ``rows``, prompt as context."""
-    from alignkit.logprobs import sequence_logprobs
+    """Logprobs [R, C] (and entropies) of the completion tokens of ``rows``, prompt as context.
 
+    Llama-family models (plain, unwrapped) take `alignkit.models.grouped`: each distinct prompt of the
+    group-contiguous rows is computed once; others the plain forward over prompt + completion."""
+    from alignkit.logprobs import sequence_logprobs
+    from alignkit.models import grouped
+
+    if grouped.supports(model):
+        return grouped.grouped_completion_logprobs(
+            model, batch["prompt_ids"][rows], batch["prompt_mask"][rows], batch["completion_ids"][rows],
+            batch["response_mask"][rows], temperature=temperature, return_entropy=entropy)
     c = batch["completion_ids"].shape[1]
     ids = torch.cat([batch["prompt_ids"][rows], batch["completion_ids"][rows]], dim=1)
     attn = torch.cat([batch["prompt_mask"][rows], batch["response_mask"][rows]], dim=1)

@@ -1,0 +1,119 @@
+"""Completion logprobs with each distinct prompt computed once: the training-side twin of prefix sharing.
+
+GRPO samples G completions per prompt, so a batch of R = N * G rows holds each prompt G times. The plain
+forward (`alignkit.logprobs.sequence_logprobs` over prompt + completion) runs every prompt token through
+every layer G times. Here the N distinct prompts run once, and the G completions of a prompt attend to its
+keys and values:
+
+    prompt rows    [N, P]:  causal self-attention over the prompt (left padding masked)
+    completion rows [R, C]:  attention over [its prompt's keys (P) | its own completion keys, causal (C)]
+    logprob of completion token 0 from the prompt's last position, of token t >= 1 from completion position t-1
+
+Everything else (weights, RoPE positions, RMSNorm, MLP) is `FastDecoder`'s, whose weight folding is
+differentiable, so gradients reach the model's parameters exactly as through `model.forward`. Compute per
+layer drops from R (P + C) token rows to N P + R C. Rows with the same prompt must be consecutive (the
+group-contiguous layout of `alignkit.rollout`); consecutive rows with equal prompt ids and mask share.
+
+Naive form: `sequence_logprobs(model, cat([prompt, completion]), ...)[:, P:]`; `tests/test_grouped.py`
+checks values and parameter gradients against it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from alignkit.logprobs import _chunked_entropy, selective_log_softmax
+from alignkit.models.decoder import FastDecoder
+
+
+def supports(model) -> bool:
+    """Plain (unwrapped, e.g. not DDP or peft) Llama-family model with no attention dropout or gradient
+    checkpointing in training."""
+    if not FastDecoder.supports(model):
+        return False
+    if model.training and (getattr(model.config, "attention_dropout", 0.0) or model.is_gradient_checkpointing):
+        return False
+    return True
+
+
+def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[R, P] -> (first row of each distinct prompt [N], group index of each row [R]); consecutive equal
+    rows (ids and mask) form one group."""
+    new = torch.ones(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
+    if prompt_ids.shape[0] > 1:
+        new[1:] = (prompt_ids[1:] != prompt_ids[:-1]).any(-1) | (prompt_mask[1:] != prompt_mask[:-1]).any(-1)
+    return new.nonzero()[:, 0], new.long().cumsum(0) - 1
+
+
+def grouped_completion_logprobs(
+    model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor, *, temperature: float = 1.0, return_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Per-token logprobs [R, C] fp32 of `completion_ids` given the LEFT-padded prompts (module docstring).
+
+    Args:
+        prompt_ids, prompt_mask: [R, P], left-padded, every row with at least one real token.
+        completion_ids, completion_mask: [R, C], right-padded (1 = a real completion token).
+    Returns:
+        logprobs [R, C] (0 where completion_mask is 0), or (logprobs, entropies) with `return_entropy`.
+        Gradients flow unless the caller runs under torch.no_grad().
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    # clones: rollout tensors are inference-mode tensors, which autograd may not save
+    prompt_ids, prompt_mask, completion_ids = prompt_ids.clone(), prompt_mask.clone(), completion_ids.clone()
+    dec = FastDecoder(model, prompt_ids.shape[1] + completion_ids.shape[1])
+    first, group = prompt_groups(prompt_ids, prompt_mask)
+    p_ids, p_mask = prompt_ids[first], prompt_mask[first].bool()
+    n, p = p_ids.shape
+    r, c = completion_ids.shape
+    h_, kv, d = dec.heads, dec.kv_heads, dec.head_dim
+    rep, hidden, dtype = h_ // kv, dec.hidden, dec.embed.dtype
+    neg = torch.finfo(dtype).min
+    device = prompt_ids.device
+
+    p_pos = (p_mask.long().cumsum(-1) - 1).clamp(min=0)  # [N, P]
+    c_pos = p_mask.sum(-1)[group][:, None] + torch.arange(c, device=device)  # [R, C]
+    rope = dec.rope[torch.cat([p_pos.reshape(-1), c_pos.reshape(-1)])][:, None, :]  # [N P + R C, 1, d/2]
+    cos, sin = rope.real.to(dtype), rope.imag.to(dtype)  # real arithmetic: complex autograd is slow on CPU
+    causal_p = torch.ones(p, p, dtype=torch.bool, device=device).tril()
+    mask_p = torch.zeros(n, 1, p, p, dtype=dtype, device=device).masked_fill(~(causal_p & p_mask[:, None, None, :]), neg)
+    causal_c = torch.ones(c, c, dtype=torch.bool, device=device).tril()
+    keys_ok = torch.cat([p_mask[group][:, None, :].expand(r, c, p), causal_c.expand(r, c, c)], -1)  # [R, C, P+C]
+    mask_c = torch.zeros(r, 1, c, p + c, dtype=dtype, device=device).masked_fill(~keys_ok[:, None], neg)
+
+    def attend(q, k, v, mask):  # q [A, T, H, d], k/v [A, S, KV, d], mask [A, 1, T, S] -> [A * T, H * d]
+        a, t = q.shape[:2]
+        qh = q.reshape(a, t, kv, rep, d).permute(0, 2, 3, 1, 4).reshape(a, kv, rep * t, d)
+        scores = qh @ k.permute(0, 2, 3, 1) + mask.expand(a, 1, t, k.shape[1]).repeat(1, 1, rep, 1)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
+        out = probs @ v.transpose(1, 2)  # [A, KV, rep*T, d]
+        return out.view(a, kv, rep, t, d).permute(0, 3, 1, 2, 4).reshape(a * t, h_ * d)
+
+    x = F.embedding(torch.cat([p_ids.reshape(-1), completion_ids.reshape(-1)]), dec.embed)  # [N P + R C, h]
+    # torch.split, not slicing: a slice's backward zero-fills a full-size gradient, split's is one cat
+    rows, widths = [n * p, r * c], [(h_ + kv) * d, kv * d]
+    for w in dec.layers:
+        qk, v = dec._normed_linear(x, w["eps1"], *w["qkv"]).split(widths, -1)
+        pairs = qk.reshape(-1, h_ + kv, d // 2, 2)
+        re, im = pairs.unbind(-1)  # the pairs FastDecoder rotates as complex numbers
+        q, k = torch.stack([re * cos - im * sin, re * sin + im * cos], -1).reshape(-1, h_ + kv, d).split([h_, kv], 1)
+        (qp, qc), (kp, kc), (vp, vc) = q.split(rows), k.split(rows), v.reshape(-1, kv, d).split(rows)
+        kp, vp = kp.reshape(n, p, kv, d), vp.reshape(n, p, kv, d)
+        out_p = attend(qp.reshape(n, p, h_, d), kp, vp, mask_p)
+        keys = torch.cat([kp[group], kc.reshape(r, c, kv, d)], 1)  # [R, P + C, KV, d]
+        values = torch.cat([vp[group], vc.reshape(r, c, kv, d)], 1)
+        out_c = attend(qc.reshape(r, c, h_, d), keys, values, mask_c)
+        x = dec._residual(x, torch.cat([out_p, out_c]), *w["o"])
+        gate, up = dec._normed_linear(x, w["eps2"], *w["gate_up"]).split(dec.inter, -1)
+        x = dec._residual(x, F.silu(gate) * up, *w["down"])
+    xp, xc = x.split(rows)
+    last_prompt = xp.reshape(n, p, hidden)[:, -1][group]  # [R, h]: predicts completion token 0
+    pred = torch.cat([last_prompt[:, None], xc.reshape(r, c, hidden)[:, :-1]], 1)  # [R, C, h]
+    logits = dec._logits(pred.reshape(r * c, hidden)).view(r, c, -1)
+    valid = completion_mask.bool()
+    lp = selective_log_softmax(logits, completion_ids, temperature=temperature) * valid
+    if not return_entropy:
+        return lp
+    return lp, _chunked_entropy(logits, chunk_size=512, temperature=temperature) * valid
