@@ -13,8 +13,12 @@ CASES = {"llama": dict(), "qwen2": dict(arch="qwen2", seed=1), "gqa": dict(num_h
 
 
 def _batch(model, tok):
+    """9 rows (3 prompts x 3), completions cut to different lengths (1..10 tokens, right-padded) as EOS would."""
     ro = generate(model, tok, ["hello there", "a", "what is 12+7 ?"], num_samples=3, max_new_tokens=10, seed=1)
-    return ro.prompt_ids, ro.prompt_mask, ro.completion_ids, ro.response_mask
+    lengths = torch.tensor([10, 3, 7, 1, 10, 5, 2, 9, 6])
+    mask = (torch.arange(10)[None] < lengths[:, None]).long()
+    ids = ro.completion_ids.masked_fill(mask == 0, tok.pad_token_id)
+    return ro.prompt_ids, ro.prompt_mask, ids, mask
 
 
 def _naive(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature):

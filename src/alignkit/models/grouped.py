@@ -9,9 +9,11 @@ keys and values:
     completion rows [R, C]:  attention over [its prompt's keys (P) | its own completion keys, causal (C)]
     logprob of completion token 0 from the prompt's last position, of token t >= 1 from completion position t-1
 
-Everything else (weights, RoPE positions, RMSNorm, MLP) is `FastDecoder`'s, whose weight folding is
+Row-wise work (projections, MLP, LM head) runs on the real completion tokens only: padding after EOS costs
+nothing there, and attention scatters the tokens into the padded [R, C] layout. Everything else (weights,
+RoPE positions, RMSNorm, MLP) is `FastDecoder`'s, whose weight folding is
 differentiable, so gradients reach the model's parameters exactly as through `model.forward`. Compute per
-layer drops from R (P + C) token rows to N P + R C. Rows with the same prompt must be consecutive (the
+layer drops from R (P + C) token rows to N P + (real completion tokens). Rows with the same prompt must be consecutive (the
 group-contiguous layout of `alignkit.rollout`); consecutive rows with equal prompt ids and mask share.
 
 Naive form: `sequence_logprobs(model, cat([prompt, completion]), ...)[:, P:]`; `tests/test_grouped.py`
@@ -73,14 +75,17 @@ def grouped_completion_logprobs(
     neg = torch.finfo(dtype).min
     device = prompt_ids.device
 
+    valid = completion_mask.bool()
+    real = valid.reshape(-1).nonzero()[:, 0]  # [M]: the real completion tokens, in [R * C] order
+    m = real.numel()
     p_pos = (p_mask.long().cumsum(-1) - 1).clamp(min=0)  # [N, P]
     c_pos = p_mask.sum(-1)[group][:, None] + torch.arange(c, device=device)  # [R, C]
-    rope = dec.rope[torch.cat([p_pos.reshape(-1), c_pos.reshape(-1)])][:, None, :]  # [N P + R C, 1, d/2]
+    rope = dec.rope[torch.cat([p_pos.reshape(-1), c_pos.reshape(-1)[real]])][:, None, :]  # [N P + M, 1, d/2]
     cos, sin = rope.real.to(dtype), rope.imag.to(dtype)  # real arithmetic: complex autograd is slow on CPU
     causal_p = torch.ones(p, p, dtype=torch.bool, device=device).tril()
     mask_p = torch.zeros(n, 1, p, p, dtype=dtype, device=device).masked_fill(~(causal_p & p_mask[:, None, None, :]), neg)
     causal_c = torch.ones(c, c, dtype=torch.bool, device=device).tril()
-    keys_ok = torch.cat([p_mask[group][:, None, :].expand(r, c, p), causal_c.expand(r, c, c)], -1)  # [R, C, P+C]
+    keys_ok = torch.cat([p_mask[group][:, None, :].expand(r, c, p), causal_c & valid[:, None, :]], -1)  # [R, C, P+C]
     mask_c = torch.zeros(r, 1, c, p + c, dtype=dtype, device=device).masked_fill(~keys_ok[:, None], neg)
 
     def attend(q, k, v, mask):  # q [A, T, H, d], k/v [A, S, KV, d], mask [A, 1, T, S] -> [A * T, H * d]
@@ -91,9 +96,14 @@ def grouped_completion_logprobs(
         out = probs @ v.transpose(1, 2)  # [A, KV, rep*T, d]
         return out.view(a, kv, rep, t, d).permute(0, 3, 1, 2, 4).reshape(a * t, h_ * d)
 
-    x = F.embedding(torch.cat([p_ids.reshape(-1), completion_ids.reshape(-1)]), dec.embed)  # [N P + R C, h]
+    def padded(t):  # [M, ...] real completion rows -> [R * C, ...], zeros at padding
+        return t.new_zeros((r * c, *t.shape[1:])).index_copy(0, real, t)
+
+    # Rows of x: the N P prompt tokens, then only the M REAL completion tokens (row-wise work skips padding;
+    # attention scatters them into the padded [R, C] layout)
+    x = F.embedding(torch.cat([p_ids.reshape(-1), completion_ids.reshape(-1)[real]]), dec.embed)  # [N P + M, h]
     # torch.split, not slicing: a slice's backward zero-fills a full-size gradient, split's is one cat
-    rows, widths = [n * p, r * c], [(h_ + kv) * d, kv * d]
+    rows, widths = [n * p, m], [(h_ + kv) * d, kv * d]
     for w in dec.layers:
         qk, v = dec._normed_linear(x, w["eps1"], *w["qkv"]).split(widths, -1)
         pairs = qk.reshape(-1, h_ + kv, d // 2, 2)
@@ -102,18 +112,18 @@ def grouped_completion_logprobs(
         (qp, qc), (kp, kc), (vp, vc) = q.split(rows), k.split(rows), v.reshape(-1, kv, d).split(rows)
         kp, vp = kp.reshape(n, p, kv, d), vp.reshape(n, p, kv, d)
         out_p = attend(qp.reshape(n, p, h_, d), kp, vp, mask_p)
-        keys = torch.cat([kp[group], kc.reshape(r, c, kv, d)], 1)  # [R, P + C, KV, d]
-        values = torch.cat([vp[group], vc.reshape(r, c, kv, d)], 1)
-        out_c = attend(qc.reshape(r, c, h_, d), keys, values, mask_c)
+        keys = torch.cat([kp[group], padded(kc).reshape(r, c, kv, d)], 1)  # [R, P + C, KV, d]
+        values = torch.cat([vp[group], padded(vc).reshape(r, c, kv, d)], 1)
+        out_c = attend(padded(qc).reshape(r, c, h_, d), keys, values, mask_c)[real]
         x = dec._residual(x, torch.cat([out_p, out_c]), *w["o"])
         gate, up = dec._normed_linear(x, w["eps2"], *w["gate_up"]).split(dec.inter, -1)
         x = dec._residual(x, F.silu(gate) * up, *w["down"])
     xp, xc = x.split(rows)
     last_prompt = xp.reshape(n, p, hidden)[:, -1][group]  # [R, h]: predicts completion token 0
-    pred = torch.cat([last_prompt[:, None], xc.reshape(r, c, hidden)[:, :-1]], 1)  # [R, C, h]
-    logits = dec._logits(pred.reshape(r * c, hidden)).view(r, c, -1)
-    valid = completion_mask.bool()
-    lp = selective_log_softmax(logits, completion_ids, temperature=temperature) * valid
+    pred = torch.cat([last_prompt[:, None], padded(xc).reshape(r, c, hidden)[:, :-1]], 1)  # [R, C, h]
+    logits = dec._logits(pred.reshape(r * c, hidden)[real])  # [M, V]: token t from position t - 1
+    lp = padded(selective_log_softmax(logits, completion_ids.reshape(-1)[real], temperature=temperature))
     if not return_entropy:
-        return lp
-    return lp, _chunked_entropy(logits, chunk_size=512, temperature=temperature) * valid
+        return lp.view(r, c)
+    ent = padded(_chunked_entropy(logits, chunk_size=512, temperature=temperature))
+    return lp.view(r, c), ent.view(r, c)
