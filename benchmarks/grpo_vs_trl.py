@@ -1,5 +1,5 @@
 """GRPO side by side: ``alignkit grpo`` vs TRL's ``GRPOTrainer`` on the same tiny model, prompts, G, lengths,
-reward and wall-clock budget, on CPU, in one invocation. Results go in docs/benchmarks_grpo.md (issue 6).
+reward and wall-clock budget, on CPU, in one invocation. Results go in docs/benchmarks.md (issue 6).
 
     .venv/bin/python benchmarks/grpo_vs_trl.py                     # both sides, 120 s of training each
     .venv/bin/python benchmarks/grpo_vs_trl.py --quick             # smoke run: 20 s each
