@@ -131,15 +131,16 @@ def test_concatenated_forward_equals_separate_forwards():
     torch.testing.assert_close(chosen, torch.cat(alone), atol=1e-5, rtol=0)
 
 
-def test_resume_gives_the_same_weights(tmp_path, monkeypatch):
-    reward_model.run(small_cfg(tmp_path, "straight"))
+@pytest.mark.parametrize("extra", [[], ["model.lora.enabled=true", "model.lora.r=4"]], ids=["full", "lora"])
+def test_resume_gives_the_same_weights(tmp_path, monkeypatch, extra):
+    reward_model.run(small_cfg(tmp_path, "straight", *extra))
     monkeypatch.setattr(reward_model, "GracefulStop", StopAfter(3))
-    part = reward_model.run(small_cfg(tmp_path, "resumed"))
+    part = reward_model.run(small_cfg(tmp_path, "resumed", *extra))
     assert part["interrupted"] and part["steps"] == 3
     assert (tmp_path / "resumed" / "checkpoints" / "step-3" / "COMPLETE").is_file()
     assert not (tmp_path / "resumed" / "final").exists()
     monkeypatch.setattr(reward_model, "GracefulStop", StopAfter(10**9))
-    reward_model.run(small_cfg(tmp_path, "resumed", "output.resume=true"))
+    reward_model.run(small_cfg(tmp_path, "resumed", "output.resume=true", *extra))
     assert train_losses(tmp_path / "resumed") == train_losses(tmp_path / "straight")  # bit-identical on CPU
     a, b = final_weights(tmp_path / "resumed"), final_weights(tmp_path / "straight")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -193,3 +194,70 @@ def test_synthetic_preference_examples():
     import alignkit.data.preferences as preferences
 
     assert doctest.testmod(preferences).failed == 0
+
+
+def test_lora_trains_adapters_and_score_head_and_merged_final_scores_the_same(tmp_path, monkeypatch):
+    """``model.lora.enabled``: only LoRA adapters and the score head (peft SEQ_CLS ``modules_to_save``) train;
+    ``final/`` (adapters merged) loads with plain transformers and ModelReward and scores like the in-memory
+    model did."""
+    from transformers import AutoModelForSequenceClassification
+
+    from alignkit.data import make_split
+    from alignkit.data.preferences import to_preference_records
+    from alignkit.infra import train
+    from alignkit.rewards.model_reward import ModelReward
+
+    records = to_preference_records(make_split(16, 6, level=2, seed=3)[1], seed=3)
+    seen = {}
+
+    def prepare(model, cfg, **kw):
+        seen["before"] = {k: v.clone() for k, v in model.state_dict().items()}
+        return train.prepare_model(model, cfg, **kw)
+
+    def export(model):  # the trained, still wrapped model, just before the recipe merges and saves it
+        seen["params"] = {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()}
+        pairs, _ = reward_model.render_pairs(seen["tokenizer"], records, reward_model.DataSection())
+        seen["batch"] = reward_model.collate(pairs, seen["tokenizer"].pad_token_id)
+        with torch.no_grad():
+            seen["scores"] = reward_model.pair_scores(model.eval(), seen["batch"])
+        return train.export_model(model)
+
+    from alignkit.models import reward as reward_models
+
+    def build(cfg, real=reward_models.build_reward_model, **kw):
+        model, seen["tokenizer"] = real(cfg, **kw)
+        return model, seen["tokenizer"]
+
+    monkeypatch.setattr(reward_model, "prepare_model", prepare)
+    monkeypatch.setattr(reward_model, "export_model", export)
+    monkeypatch.setattr(reward_models, "build_reward_model", build)
+    reward_model.run(small_cfg(tmp_path, "lora", "model.lora.enabled=true", "model.lora.r=4"))
+
+    before, params = seen["before"], seen["params"]
+    trainable = {n for n, (_, grad) in params.items() if grad}
+    assert trainable and all("lora_" in n or n == "base_model.model.score.modules_to_save.default.weight"
+                             for n in trainable)
+    assert "base_model.model.score.modules_to_save.default.weight" in trainable  # the head is not frozen
+    assert not any(n.startswith("base_model.model.score.") and "lora_" in n for n in params)  # no head adapter
+    for n, (value, grad) in params.items():
+        if not grad:  # frozen: the trunk's own weights and the head's original copy are as built
+            plain = n.removeprefix("base_model.model.").replace(".base_layer", "").replace(".original_module", "")
+            assert torch.equal(value, before[plain]), n
+    assert not torch.equal(params["base_model.model.score.modules_to_save.default.weight"][0], before["score.weight"])
+    assert any("lora_B" in n and value.abs().max() > 0 for n, (value, _) in params.items())  # B starts at 0
+
+    final = tmp_path / "lora" / "final"
+    merged = AutoModelForSequenceClassification.from_pretrained(final).eval()
+    weights = merged.state_dict()
+    assert weights.keys() == before.keys()  # no lora_ / modules_to_save keys: a plain reward model
+    assert torch.equal(weights["score.weight"], params["base_model.model.score.modules_to_save.default.weight"][0])
+    assert torch.equal(weights["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
+    assert not torch.equal(weights["model.layers.0.self_attn.q_proj.weight"],
+                           before["model.layers.0.self_attn.q_proj.weight"])  # adapters merged in
+    with torch.no_grad():
+        chosen, rejected = reward_model.pair_scores(merged, seen["batch"])
+    torch.testing.assert_close(chosen, seen["scores"][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(rejected, seen["scores"][1], atol=1e-5, rtol=0)
+    rm = ModelReward(str(final), batch_size=4)
+    scored = rm.score_batch([r["prompt"] for r in records], [r["chosen"] for r in records])
+    torch.testing.assert_close(torch.tensor(scored), seen["scores"][0], atol=1e-4, rtol=0)

@@ -16,24 +16,83 @@ from alignkit.data.chat import RenderedExample
 
 
 def pack_rows(lengths: Sequence[int], max_length: int) -> list[list[int]]:
-    """First-fit-decreasing bin packing: example indices grouped into rows of at most ``max_length`` tokens.
+    """Balanced packing: example indices grouped into rows of at most ``max_length`` tokens, as few rows as
+    first-fit-decreasing (FFD) needs, with near-equal row lengths (rows are padded to the longest one).
 
-    >>> pack_rows([5, 3, 4, 2], 8)
-    [[0, 1], [2, 3]]
+    1. FFD (longest first, into the first row with room) fixes the number of rows R; its rows are one start.
+    2. A second start: longest first, each example into the currently shortest of R rows, if all fit.
+    3. From each start, trades between the longest row and a shorter one: move one example over, or swap
+       one for a shorter one, shifting d tokens with 0 < d < the gap between the rows (d nearest half the
+       gap), until the longest row has no such trade. A trade never makes a row longer than the longest
+       row was, so no row exceeds ``max_length`` or FFD's longest row; it lowers the sum of squared row
+       lengths, so the loop ends.
+    4. The result with the shorter longest row (then the next one, ...) wins; indices ascend in each row.
+
+    The naive equivalent is plain FFD (step 1 alone, the previous version): the same number of rows, and
+    its longest row is never shorter (a test asserts both). On the SFT benchmark's 160 timed batches (32
+    examples of 17-53 tokens, rows of 128; computed from the token lengths, not timed) padding falls from
+    9.2% of the packed tokens (FFD) to 1.3%, for about 0.15 ms of Python per batch.
+
+    >>> pack_rows([5, 3, 4, 2], 8)  # FFD: [[0, 1], [2, 3]], rows of 8 and 6 tokens
+    [[0, 3], [1, 2]]
     """
-    rows: list[list[int]] = []
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    ffd: list[list[int]] = []
     free: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+    for i in order:
         if lengths[i] > max_length:
             raise ValueError(f"example {i} has {lengths[i]} tokens, more than the packing length {max_length}")
         for r, space in enumerate(free):
             if lengths[i] <= space:
-                rows[r].append(i)
+                ffd[r].append(i)
                 free[r] -= lengths[i]
                 break
         else:
-            rows.append([i])
+            ffd.append([i])
             free.append(max_length - lengths[i])
+    starts = [ffd]
+    shortest_first: list[list[int]] = [[] for _ in ffd]
+    load = [0] * len(ffd)
+    for i in order:
+        r = min(range(len(load)), key=load.__getitem__)
+        if load[r] + lengths[i] > max_length:
+            break
+        shortest_first[r].append(i)
+        load[r] += lengths[i]
+    else:
+        starts.append(shortest_first)
+
+    def row_lengths(rows):
+        return sorted((sum(lengths[i] for i in row) for row in rows), reverse=True)
+
+    best = min((_trade_down(lengths, rows) for rows in starts), key=row_lengths)
+    return sorted(sorted(row) for row in best)
+
+
+def _trade_down(lengths: Sequence[int], rows: list[list[int]]) -> list[list[int]]:
+    """Step 3 of :func:`pack_rows`: trades from the longest row until it has none (``rows`` is not changed)."""
+    rows = [list(row) for row in rows]
+    load = [sum(lengths[i] for i in row) for row in rows]
+    while rows:
+        top = max(range(len(rows)), key=load.__getitem__)
+        for j in sorted(range(len(rows)), key=load.__getitem__):
+            gap = load[top] - load[j]
+            if gap < 2:  # no whole-token shift d with 0 < d < gap, here or in any longer row
+                return rows
+            trades = [(abs(gap - 2 * d), a, b, d) for a in rows[top] for b in (None, *rows[j])
+                      if 0 < (d := lengths[a] - (0 if b is None else lengths[b])) < gap]
+            if trades:
+                _, a, b, d = min(trades, key=lambda t: t[0])
+                rows[top].remove(a)
+                rows[j].append(a)
+                if b is not None:
+                    rows[j].remove(b)
+                    rows[top].append(b)
+                load[top] -= d
+                load[j] += d
+                break
+        else:
+            return rows
     return rows
 
 

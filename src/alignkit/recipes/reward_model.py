@@ -24,8 +24,9 @@ Decisions, stated up front:
 - The new score head starts at normal(0, 1/sqrt(hidden+1)) (OpenAI lm-human-preferences), not
   transformers' 0.02: the trunk's gradient scales with the head, and the small init stalls a tiny model.
 - Over-long pairs are an error or dropped (never truncated: that would cut the EOS the score is read at).
-- LoRA is refused for now: ``infra.train.apply_lora`` builds a causal-LM adapter that would freeze the
-  new score head.
+- ``model.lora.enabled``: peft LoRA of task type ``SEQ_CLS``: adapters on the trunk's linear layers, and the
+  new score head trained in full (peft's ``modules_to_save``), never frozen. ``final/`` has the adapters
+  merged, so it is a plain ``*ForSequenceClassification`` as without LoRA; checkpoints hold the wrapped model.
 - ``model.path: bundled`` is the shipped tiny base model; ``tiny`` a fresh random one; else a local dir.
 - A checkpoint (model, optimizer, scheduler, RNG, data position) is written atomically every
   ``output.save_every`` steps and on SIGTERM, after which the run exits 0; ``output.resume`` continues it.
@@ -191,9 +192,6 @@ def run(cfg: RMConfig) -> dict:
     metrics.jsonl, tensorboard/, checkpoints/, final/ (plain transformers), curves.png, summary.json."""
     from alignkit.models.reward import build_reward_model
 
-    if cfg.model.lora.enabled:
-        raise ValueError("alignkit rm does not support model.lora.enabled yet: the LoRA wrapper would freeze the "
-                         "new score head; train all weights")
     acc = setup_accelerator(cfg.train.precision)
     world, rank = acc.num_processes, acc.process_index
     per_step = world * cfg.train.grad_accum
@@ -203,7 +201,7 @@ def run(cfg: RMConfig) -> dict:
     seed_everything(cfg.train.seed)
     run_dir = Path(cfg.output.dir) / cfg.output.name
     model, tokenizer = build_reward_model(cfg.model, seed=cfg.train.seed)
-    model = prepare_model(model, cfg.model)
+    model = prepare_model(model, cfg.model, task_type="SEQ_CLS")  # LoRA: the score head stays trainable
     train_records, eval_records = load_data(cfg.data, cfg.train.seed)
     train, dropped = render_pairs(tokenizer, train_records, cfg.data)
     held_out, _ = render_pairs(tokenizer, eval_records, cfg.data)
