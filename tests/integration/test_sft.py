@@ -146,8 +146,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
 
 
 def test_two_processes_train_like_one(tmp_path):
-    # two processes wrap the model in DDP, which the lean forward cannot run through: compare like with like
-    args = ["train.steps=3", "train.batch_size=8", "train.grad_accum=2", "train.lean_forward=false"]
+    args = ["train.steps=3", "train.batch_size=8", "train.grad_accum=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run(_cli(tmp_path, "one", *args), capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr[-3000:]
@@ -171,20 +170,10 @@ def test_lora_resume_gives_the_same_run(tmp_path, monkeypatch):
 
 
 def test_gradient_checkpointing_changes_no_number(tmp_path):
-    # checkpointing runs through model.forward; the lean path is compared with it in test_lean_forward_...
-    sft.run(cfg_for(tmp_path, "plain", "train.steps=2", "train.batch_size=8", "train.lean_forward=false"))
+    sft.run(cfg_for(tmp_path, "plain", "train.steps=2", "train.batch_size=8"))
     sft.run(cfg_for(tmp_path, "ckpt", "train.steps=2", "train.batch_size=8", "model.gradient_checkpointing=true"))
     assert losses(tmp_path / "ckpt") == pytest.approx(losses(tmp_path / "plain"), abs=1e-6)
     assert_same_weights(final_weights(tmp_path / "ckpt"), final_weights(tmp_path / "plain"), atol=1e-6)
-
-
-def test_lean_forward_trains_like_model_forward(tmp_path):
-    sft.run(cfg_for(tmp_path, "lean", "train.steps=2", "train.batch_size=8"))
-    sft.run(cfg_for(tmp_path, "hf", "train.steps=2", "train.batch_size=8", "train.lean_forward=false"))
-    assert losses(tmp_path / "lean") == pytest.approx(losses(tmp_path / "hf"), abs=1e-5)
-    # Adam turns rounding-level gradient differences into ~1e-5 weight moves at this lr; a wrong loss or
-    # normalization would move them by ~lr
-    assert_same_weights(final_weights(tmp_path / "lean"), final_weights(tmp_path / "hf"), atol=5e-5)
 
 
 def test_batches_are_full_even_when_the_data_is_smaller_than_a_batch(tmp_path):

@@ -10,9 +10,7 @@ Decisions, stated up front:
 - The loss is normalized by the target tokens of the whole global batch (all micro-batches and all
   processes), so 1 x 8 micro-batches, 8 x 1 and 2 processes x 4 train the same (tests/invariance).
 - ``train.packing`` packs the step's examples into rows of ``data.max_length`` tokens with position ids
-  restarting per example (no cross-example attention); it changes no number, only the padding waste. Plain
-  Llama-family models skip it: their lean forward (`alignkit.models.grouped`) does no row-wise work on
-  padding at all, so a right-padded batch costs less than packed rows through `model.forward`.
+  restarting per example (no cross-example attention); it changes no number, only the padding waste.
 - ``model.path: bundled`` is the shipped tiny base model; ``tiny`` a fresh random one; else a local dir.
 - A checkpoint (model, optimizer, scheduler, RNG, data position) is written atomically every
   ``output.save_every`` steps and on SIGTERM, after which the run exits 0; ``output.resume`` continues it.
@@ -64,10 +62,7 @@ class TrainSection(Section):
     steps: int = Field(200, gt=0, description="optimizer steps")
     batch_size: int = Field(32, gt=0, description="examples per optimizer step (global, all processes)")
     grad_accum: int = Field(1, gt=0, description="micro-batches per step and process")
-    packing: bool = Field(True, description="pack examples into rows without cross-example attention (models "
-                          "on the lean Llama-family forward need no packing and skip it)")
-    lean_forward: bool = Field(True, description="plain Llama-family models: the lean forward of "
-                               "alignkit.models.grouped (false: always model.forward; the two agree to rounding)")
+    packing: bool = Field(True, description="pack examples into rows without cross-example attention")
     precision: Literal["no", "bf16", "fp16"] = Field("no", description="mixed precision on GPUs")
     seed: int = Field(0, description="seed for data order and initialization")
     eval_every: int = Field(50, gt=0, description="evaluate every N steps (and at the end)")
@@ -108,31 +103,14 @@ def collate(examples, tokenizer, *, packing: bool, max_length: int) -> dict:
     return batch
 
 
-def batch_loss(model, batch: dict, num_tokens: float, *, lean: bool = True) -> torch.Tensor:
-    """Sum of target-token NLL over the batch / ``num_tokens`` (the global batch's target count).
-
-    A right-padded batch on a plain Llama-family model goes through `alignkit.models.grouped` (token 0 as
-    the "prompt", the rest as the "completion"): its row-wise work skips padding, which is what packing buys
-    the plain forward, so the recipe does not pack for such models (`lean_forward`)."""
+def batch_loss(model, batch: dict, num_tokens: float) -> torch.Tensor:
+    """Sum of target-token NLL over the batch / ``num_tokens`` (the global batch's target count)."""
     from alignkit.logprobs import sequence_logprobs
-    from alignkit.models import grouped
 
-    if lean and "position_ids" not in batch and grouped.supports(model):
-        ids, attn = batch["input_ids"], batch["attention_mask"]
-        lp = grouped.grouped_completion_logprobs(model, ids[:, :1], attn[:, :1], ids[:, 1:], attn[:, 1:])
-        logprobs = torch.cat([lp.new_zeros(lp.shape[0], 1), lp], 1)
-    else:
-        logprobs = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"],
-                                     position_ids=batch.get("position_ids"))
+    logprobs = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"],
+                                 position_ids=batch.get("position_ids"))
     per_token, _ = sft_loss(logprobs, batch["response_mask"])
     return aggregate_loss(per_token, batch["response_mask"], mode="token_mean", num_tokens=num_tokens)
-
-
-def lean_forward(model) -> bool:
-    """Whether `batch_loss` takes the lean path (then padding costs no row-wise work and packing is skipped)."""
-    from alignkit.models import grouped
-
-    return grouped.supports(model)
 
 
 @torch.no_grad()
@@ -227,8 +205,6 @@ def run(cfg: SFTConfig) -> dict:
         acc.wait_for_everyone()
 
     t0, metrics, step, interrupted = time.perf_counter(), dict(start_metrics), start_step, False
-    lean = cfg.train.lean_forward and lean_forward(model)  # DDP-wrapped (several processes): model.forward
-    pack = cfg.train.packing and not lean
     bar = progress(range(start_step, cfg.train.steps), desc="sft", unit="step", disable=not acc.is_main_process,
                    initial=start_step, total=cfg.train.steps)
     with GracefulStop() as stop:
@@ -248,12 +224,11 @@ def run(cfg: SFTConfig) -> dict:
             with timer("forward_backward"):
                 loss_sum = 0.0
                 for m in range(cfg.train.grad_accum):
-                    batch = collate(local[m * micro:(m + 1) * micro], tokenizer, packing=pack,
+                    batch = collate(local[m * micro:(m + 1) * micro], tokenizer, packing=cfg.train.packing,
                                     max_length=cfg.data.max_length)
                     sync = acc.no_sync(model) if m < cfg.train.grad_accum - 1 else nullcontext()
                     with sync:
-                        loss = batch_loss(model, {k: v.to(acc.device) for k, v in batch.items()}, num_tokens,
-                                          lean=lean)
+                        loss = batch_loss(model, {k: v.to(acc.device) for k, v in batch.items()}, num_tokens)
                         backward(acc, loss)
                     loss_sum += loss.item()
                 loss_total = float(acc.reduce(torch.tensor(loss_sum, device=acc.device), reduction="sum"))
