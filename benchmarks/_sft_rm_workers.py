@@ -118,8 +118,8 @@ def _instrument_recipe(module, log: StepLog, count) -> dict:
             log.add(*count(items, batch))
         return batch
 
-    def prepare_model(model, cfg):
-        model = base_prepare(model, cfg)
+    def prepare_model(model, cfg, **kwargs):
+        model = base_prepare(model, cfg, **kwargs)
         facts.update(attn_implementation=model.config._attn_implementation,
                      dtype=str(next(model.parameters()).dtype),
                      gradient_checkpointing=bool(getattr(model, "is_gradient_checkpointing", False)), bf16=False,
