@@ -11,6 +11,11 @@ Per call:
    map are compacted, so later steps cost only what is still running. Nothing else runs per token (stop
    strings, when given, decode a short window of the active rows' last tokens).
 
+Llama-family models (`FastDecoder.supports`) run prefill and steps through `alignkit.models.decoder.FastDecoder`
+(the same computation as `model.forward` with only tensor ops; the prompt's keys/values are written once
+into its G rows); others, peft-wrapped ones and `fast=False` through `model.forward` and a `DynamicCache` as
+above. Small CPU decodes run on one intra-op thread (`_decode_threads`).
+
 `compile=True` runs the decode step through `torch.compile` with static shapes: the prefill cache is copied
 into a `StaticCache` of capacity round_up(P + max_new_tokens, 64), every step feeds all B rows (finished rows
 are not computed on further: their outputs are ignored, but they stay in the batch so shapes never change)
