@@ -214,13 +214,15 @@ def test_lora_trains_adapters_and_score_head_and_merged_final_scores_the_same(tm
         seen["before"] = {k: v.clone() for k, v in model.state_dict().items()}
         return train.prepare_model(model, cfg, **kw)
 
+    real_export = train.export_model
+
     def export(model):  # the trained, still wrapped model, just before the recipe merges and saves it
         seen["params"] = {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()}
         pairs, _ = reward_model.render_pairs(seen["tokenizer"], records, reward_model.DataSection())
         seen["batch"] = reward_model.collate(pairs, seen["tokenizer"].pad_token_id)
         with torch.no_grad():
             seen["scores"] = reward_model.pair_scores(model.eval(), seen["batch"])
-        return train.export_model(model)
+        return real_export(model)
 
     from alignkit.models import reward as reward_models
 
@@ -229,7 +231,7 @@ def test_lora_trains_adapters_and_score_head_and_merged_final_scores_the_same(tm
         return model, seen["tokenizer"]
 
     monkeypatch.setattr(reward_model, "prepare_model", prepare)
-    monkeypatch.setattr(reward_model, "export_model", export)
+    monkeypatch.setattr(train, "export_model", export)  # what save_final calls
     monkeypatch.setattr(reward_models, "build_reward_model", build)
     reward_model.run(small_cfg(tmp_path, "lora", "model.lora.enabled=true", "model.lora.r=4"))
 

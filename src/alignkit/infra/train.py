@@ -9,6 +9,7 @@ of the full-batch loss, and 1 process x 8 micro-batches trains like 2 processes 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -96,6 +97,18 @@ def prepare_model(model, cfg: ModelSection, *, task_type: str = "CAUSAL_LM"):
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora, task_type=task_type)
     return model
+
+
+def save_final(model, tokenizer, run_dir) -> None:
+    """``run_dir/final``: the exported plain transformers model (safetensors) and its tokenizer."""
+    final = export_model(model)
+    final.save_pretrained(Path(run_dir) / "final", safe_serialization=True)
+    tokenizer.save_pretrained(Path(run_dir) / "final")
+
+
+def eval_summary(start_metrics: dict, metrics: dict, **fields) -> dict:
+    """A recipe's summary: eval metrics before training ("start") and at the end ("end"), plus ``fields``."""
+    return {"start": start_metrics, "end": {k: v for k, v in metrics.items() if k.startswith("eval/")}, **fields}
 
 
 def export_model(model):

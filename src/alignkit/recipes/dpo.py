@@ -82,9 +82,10 @@ from alignkit.infra.train import (
     backward,
     build_optimizer,
     build_scheduler,
-    export_model,
+    eval_summary,
     optimizer_step,
     prepare_model,
+    save_final,
     setup_accelerator,
 )
 from alignkit.losses import dpo_loss, kl_divergence
@@ -703,15 +704,13 @@ def run(cfg: DPOConfig) -> dict:
             if interrupted:
                 break
     log.close()
-    summary = {"start": start_metrics, "end": {k: v for k, v in metrics.items() if k.startswith("eval/")},
-               "steps": step + 1, "interrupted": interrupted, "non_finite_steps": guard.total, "data": counts,
-               "share_prefix": share, "reference_cache_reused": reused,
-               "setup_s": t0 - t_start, "reference_setup_s": t_setup, "wall_s": time.perf_counter() - t0,
-               "cpu_s": time.process_time() - cpu_start, "run_dir": str(run_dir)}
+    summary = eval_summary(start_metrics, metrics,
+               steps=step + 1, interrupted=interrupted, non_finite_steps=guard.total, data=counts,
+               share_prefix=share, reference_cache_reused=reused,
+               setup_s=t0 - t_start, reference_setup_s=t_setup, wall_s=time.perf_counter() - t0,
+               cpu_s=time.process_time() - cpu_start, run_dir=str(run_dir))
     if acc.is_main_process and not interrupted:
-        final = export_model(acc.unwrap_model(model))
-        final.save_pretrained(run_dir / "final", safe_serialization=True)
-        tokenizer.save_pretrained(run_dir / "final")
+        save_final(acc.unwrap_model(model), tokenizer, run_dir)
         plot_metrics(log.path, run_dir / "curves.png", ["train/loss", "train/rewards/accuracy", "eval/rewards/accuracy",
                                                         "eval/kl", "eval/preferred"], title=cfg.output.name)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -51,10 +51,11 @@ from alignkit.infra.train import (
     backward,
     build_optimizer,
     build_scheduler,
-    export_model,
+    eval_summary,
     global_sum,
     optimizer_step,
     prepare_model,
+    save_final,
     setup_accelerator,
 )
 from alignkit.losses import AGGREGATIONS, KL_ESTIMATORS, AdaptiveKLController, grpo_loss, masked_mean
@@ -391,13 +392,11 @@ def run(cfg: GRPOConfig) -> dict:
             if interrupted:
                 break
     logger.close()
-    summary = {"start": start_metrics, "end": {k: v for k, v in metrics.items() if k.startswith("eval/")},
-               "steps": step + 1, "interrupted": interrupted, "non_finite_steps": guard.total,
-               "wall_s": time.perf_counter() - t0, "run_dir": str(run_dir)}
+    summary = eval_summary(start_metrics, metrics,
+               steps=step + 1, interrupted=interrupted, non_finite_steps=guard.total,
+               wall_s=time.perf_counter() - t0, run_dir=str(run_dir))
     if acc.is_main_process and not interrupted:
-        final = export_model(acc.unwrap_model(model))
-        final.save_pretrained(run_dir / "final", safe_serialization=True)
-        tokenizer.save_pretrained(run_dir / "final")
+        save_final(acc.unwrap_model(model), tokenizer, run_dir)
         plot_metrics(logger.path, run_dir / "curves.png",
                      ["reward/total", "reward/success_rate", "eval/accuracy", "eval/format", "kl", "entropy",
                       "completion/length"], title=cfg.output.name)

@@ -53,9 +53,10 @@ from alignkit.infra.train import (
     backward,
     build_optimizer,
     build_scheduler,
-    export_model,
+    eval_summary,
     optimizer_step,
     prepare_model,
+    save_final,
     setup_accelerator,
 )
 from alignkit.losses import bradley_terry_loss
@@ -281,13 +282,11 @@ def run(cfg: RMConfig) -> dict:
             if interrupted:
                 break
     logger.close()
-    summary = {"start": start_metrics, "end": {k: v for k, v in metrics.items() if k.startswith("eval/")},
-               "steps": step + 1, "interrupted": interrupted, "non_finite_steps": guard.total,
-               "wall_s": time.perf_counter() - t0, "run_dir": str(run_dir)}
+    summary = eval_summary(start_metrics, metrics,
+               steps=step + 1, interrupted=interrupted, non_finite_steps=guard.total,
+               wall_s=time.perf_counter() - t0, run_dir=str(run_dir))
     if acc.is_main_process and not interrupted:
-        final = export_model(acc.unwrap_model(model))
-        final.save_pretrained(run_dir / "final", safe_serialization=True)
-        tokenizer.save_pretrained(run_dir / "final")
+        save_final(acc.unwrap_model(model), tokenizer, run_dir)
         plot_metrics(logger.path, run_dir / "curves.png", ["train/loss", "train/accuracy", "eval/accuracy",
                                                            "eval/margin"], title=cfg.output.name)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
