@@ -14,7 +14,7 @@ Per call:
 Llama-family models (`FastDecoder.supports`) run prefill and steps through `alignkit.models.decoder.FastDecoder`
 (the same computation as `model.forward` with only tensor ops; the prompt's keys/values are written once
 into its G rows); others, peft-wrapped ones and `fast=False` through `model.forward` and a `DynamicCache` as
-above. Small CPU decodes run on one intra-op thread (`_decode_threads`).
+above.
 
 `compile=True` runs the decode step through `torch.compile` with static shapes: the prefill cache is copied
 into a `StaticCache` of capacity round_up(P + max_new_tokens, 64), every step feeds all B rows (finished rows
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from contextlib import contextmanager
 
 import torch
 from transformers import DynamicCache, StaticCache
@@ -38,25 +37,6 @@ from alignkit.rollout.sampling import sample_tokens
 from alignkit.rollout.types import Samples
 
 _COMPILED: dict[type, object] = {}  # model class -> torch.compile'd unbound forward
-# Below this many parameters x rows per decode step, one intra-op thread is faster on CPU than several: the
-# per-op fork/join costs more than the split saves (measured, 2 cores, B = 128: 0.15M and 0.47M models run
-# 1.27x / 1.29x faster on 1 thread; 1.1M and 2.4M ones 1.48x / 1.20x faster on 2). See docs/benchmarks.md.
-SINGLE_THREAD_BELOW = 100_000_000
-
-
-@contextmanager
-def _decode_threads(model, rows: int, device: torch.device):
-    """Run small CPU decode loops on one intra-op thread (restored after); anything else unchanged."""
-    threads = torch.get_num_threads()
-    small = sum(p.numel() for p in model.parameters()) * rows < SINGLE_THREAD_BELOW
-    if device.type != "cpu" or threads == 1 or not small:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,16 +162,8 @@ def _last_logits(fn, keep_last: bool, **inputs) -> torch.Tensor:
     return fn(**inputs, use_cache=True).logits[:, -1, :]
 
 
-def generate_native(model, prompts: Sequence[Sequence[int]], *, num_samples: int, **kwargs) -> Samples:
-    """Sample `num_samples` completions of each prompt (token-id lists); see the module docstring and
-    `_generate_native` for the arguments. Small CPU models decode on one intra-op thread (`_decode_threads`)."""
-    device = next(model.parameters()).device
-    with _decode_threads(model, len(prompts) * num_samples, device):
-        return _generate_native(model, prompts, num_samples=num_samples, **kwargs)
-
-
 @torch.inference_mode()
-def _generate_native(
+def generate_native(
     model,
     prompts: Sequence[Sequence[int]],
     *,
