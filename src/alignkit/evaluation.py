@@ -17,18 +17,26 @@ EVAL_SEED = 1000
 EVAL_SIZE = 200
 
 
-def arithmetic_eval_set(levels=EVAL_LEVELS, n: int = EVAL_SIZE, seed: int = EVAL_SEED):
-    """The seeded held-out arithmetic problems (distinct questions)."""
+def eval_size(levels=EVAL_LEVELS) -> int:
+    """Held-out questions for ``levels``: EVAL_SIZE, or half the question space where that is smaller
+    (level 1 alone has 100 questions: 50 held out)."""
+    from alignkit.data.arithmetic import question_space
+
+    return min(EVAL_SIZE, question_space(list(levels)) // 2)
+
+
+def arithmetic_eval_set(levels=EVAL_LEVELS, n: int | None = None, seed: int = EVAL_SEED):
+    """The seeded held-out arithmetic problems (distinct questions); ``n`` defaults to ``eval_size(levels)``."""
     from alignkit.data import make_split
 
-    return make_split(0, n, level=list(levels), seed=seed)[1]
+    return make_split(0, eval_size(levels) if n is None else n, level=list(levels), seed=seed)[1]
 
 
 def arithmetic_train_problems(n: int, levels=EVAL_LEVELS, *, seed: int = EVAL_SEED):
     """``n`` training problems that never use a held-out question of ``arithmetic_eval_set(levels, seed=seed)``."""
     from alignkit.data import make_split
 
-    return make_split(n, EVAL_SIZE, level=list(levels), seed=seed)[0]
+    return make_split(n, eval_size(levels), level=list(levels), seed=seed)[0]
 
 
 def score_completions(completions: list[str], answers: list[str | int], lengths: list[int] | None = None) -> dict:
@@ -47,7 +55,8 @@ def score_completions(completions: list[str], answers: list[str | int], lengths:
 @torch.no_grad()
 def evaluate_model(model, tokenizer, problems, *, max_new_tokens: int = 64, batch_size: int = 256,
                    temperature: float = 0.0) -> dict:
-    """Greedy (by default) answers to ``problems`` (objects with ``question`` and ``answer``) -> metrics."""
+    """Greedy (by default) answers to ``problems`` (objects with ``question`` and ``answer``, optionally
+    ``level``) -> accuracy, format, language, length, and ``accuracy/level_<k>`` when several levels are present."""
     from alignkit.data import render_prompt
     from alignkit.rollout import generate
 
@@ -58,4 +67,10 @@ def evaluate_model(model, tokenizer, problems, *, max_new_tokens: int = 64, batc
                        max_new_tokens=max_new_tokens, temperature=temperature, seed=0)
         texts += out.completions
         lengths += out.response_mask.sum(-1).tolist()
-    return score_completions(texts, [p.answer for p in problems], lengths)
+    scores = score_completions(texts, [p.answer for p in problems], lengths)
+    levels = sorted({lv for p in problems if (lv := getattr(p, "level", None)) is not None})
+    if len(levels) > 1:  # accuracy per difficulty level: where a change in accuracy comes from
+        for lv in levels:
+            idx = [i for i, p in enumerate(problems) if getattr(p, "level", None) == lv]
+            scores[f"accuracy/level_{lv}"] = sum(accuracy_reward(texts[i], answer=problems[i].answer) for i in idx) / len(idx)
+    return scores

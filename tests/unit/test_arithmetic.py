@@ -145,3 +145,13 @@ def test_records_pass_schemas_and_round_trip(tmp_path):
     assert parse_prompt(prompt_rows[0]).extra == {"answer": str(problems[0].answer), "level": problems[0].level}
     loaded = load_records(write_jsonl(prompt_rows, tmp_path / "rl" / "arith.jsonl"), "prompt")
     assert [r.to_dict() for r in loaded] == prompt_rows
+
+
+def test_held_out_set_fits_small_levels_and_train_never_uses_it():
+    from alignkit.evaluation import EVAL_SIZE, arithmetic_eval_set, arithmetic_train_problems, eval_size
+
+    assert eval_size() == EVAL_SIZE == len(arithmetic_eval_set())  # levels 1-3: the fixed 200 questions
+    assert eval_size([1]) == 50  # level 1 alone has 100 questions: half are held out, not an error
+    held = {p.question for p in arithmetic_eval_set([1])}
+    train = arithmetic_train_problems(500, [1])
+    assert len(held) == 50 and not held & {p.question for p in train}

@@ -94,7 +94,9 @@ def test_setting_one_key_keeps_the_recipes_own_section_defaults():
 def test_eval_command_reports_accuracy_and_format(capsys):
     assert main(["eval", "--model", "bundled", "-n", "20", "--json"]) == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(scores) == {"accuracy", "format", "language", "length"} and 0 <= scores["accuracy"] <= 1
+    per_level = {k for k in scores if k.startswith("accuracy/level_")}
+    assert set(scores) - per_level == {"accuracy", "format", "language", "length"} and 0 <= scores["accuracy"] <= 1
+    assert per_level and all(0 <= scores[k] <= 1 for k in per_level)  # held-out levels 1-3: one accuracy each
 
 
 def test_override_replaces_a_dict_value_of_the_preset(tmp_path):

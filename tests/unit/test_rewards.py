@@ -19,6 +19,7 @@ from alignkit.rewards import (
     answers_match,
     build_rewards,
     code_reward,
+    digit_match_reward,
     extract_answer,
     extract_code,
     format_reward,
@@ -90,6 +91,31 @@ def test_accuracy_reward(completion, answer, expected):
                                                   ("\\boxed{5}", 1.0)])
 def test_accuracy_reward_strict_needs_tags(completion, expected):
     assert accuracy_reward(completion, answer=5, strict=True) == expected
+
+
+@pytest.mark.parametrize(
+    "completion, answer, expected",
+    [
+        ("<answer>115</answer>", 115, 1.0),
+        ("<answer>118</answer>", 115, 2 / 3),  # hundreds and tens right
+        ("15", "115", 2 / 3),  # a missing leading digit is one wrong position
+        ("1150", 115, 0.25),  # right-aligned " 115" vs "1150": only the second position agrees
+        ("<answer>-12</answer>", -13, 2 / 3),  # the sign is a position of its own
+        ("-5", 5, 0.5),
+        ("<answer>7.5</answer>", 7, 0.0),  # not an integer
+        ("no number", 3, 0.0),
+        ("<think>115</think><answer>x</answer>", 115, 0.0),  # the tagged answer counts, not the reasoning
+    ],
+)
+def test_digit_match_reward(completion, answer, expected):
+    assert digit_match_reward(completion, answer=answer) == pytest.approx(expected)
+    # exactly 1.0 where, and only where, the accuracy reward is 1
+    assert (digit_match_reward(completion, answer=answer) == 1.0) == (accuracy_reward(completion, answer=answer) == 1.0)
+
+
+def test_digit_match_reward_needs_an_integer_answer():
+    with pytest.raises(RewardError, match="integer answer"):
+        digit_match_reward("<answer>1</answer>", answer="1/2")
 
 
 def test_extract_answer_prefers_answer_tags_over_boxed():

@@ -109,6 +109,8 @@ class TrainSection(Section):
     steps: int = Field(100, gt=0, description="GRPO steps (batches of completions)")
     seed: int = Field(0, description="seed for prompts, sampling and initialization")
     eval_every: int = Field(25, gt=0, description="evaluate on held-out prompts every N steps (and at the end)")
+    time_limit_s: float | None = Field(None, gt=0, description="end after the step that passes this many seconds "
+                                       "since the run started (loading and evaluations included); None = no limit")
     precision: Literal["no", "bf16", "fp16"] = Field("no", description="mixed precision on GPUs")
 
 
@@ -207,6 +209,7 @@ def run(cfg: GRPOConfig) -> dict:
     from alignkit.models import load_policy
     from alignkit.rewards import build_rewards, reward_metrics, score_batch
 
+    started = time.perf_counter()
     acc = setup_accelerator(cfg.train.precision)
     world, rank = acc.num_processes, acc.process_index
     if cfg.rollout.prompts_per_step % world:
@@ -272,7 +275,7 @@ def run(cfg: GRPOConfig) -> dict:
     start_metrics = evaluate()
     if ckpt is None:
         logger.log(0, {**start_metrics, "data/dropped_prompts": dropped})
-    metrics, t0, interrupted, step = dict(start_metrics), time.perf_counter(), False, start_step
+    metrics, t0, interrupted, time_up, step = dict(start_metrics), time.perf_counter(), False, False, start_step
     bar = progress(range(start_step, cfg.train.steps), desc="grpo", unit="step", disable=not acc.is_main_process,
                    initial=start_step, total=cfg.train.steps)
     with GracefulStop() as stop:
@@ -375,7 +378,9 @@ def run(cfg: GRPOConfig) -> dict:
             if kl_ctl is not None and "kl" in metrics:
                 kl_ctl.update(metrics["kl"])
             done = step + 1
-            if done % cfg.train.eval_every == 0 or done == cfg.train.steps:
+            time_up = cfg.train.time_limit_s is not None and time.perf_counter() - started >= cfg.train.time_limit_s
+            time_up = bool(global_sum(acc, int(time_up)))  # every process stops at the same step
+            if done % cfg.train.eval_every == 0 or done == cfg.train.steps or time_up:
                 with timer("eval"):
                     metrics.update(evaluate())
             metrics.update(timer.summary())
@@ -391,9 +396,13 @@ def run(cfg: GRPOConfig) -> dict:
                 checkpoint(done)
             if interrupted:
                 break
+            if time_up:
+                log.warning("time limit of %.0f s reached after step %d of %d", cfg.train.time_limit_s, done,
+                            cfg.train.steps)
+                break
     logger.close()
     summary = eval_summary(start_metrics, metrics,
-               steps=step + 1, interrupted=interrupted, non_finite_steps=guard.total,
+               steps=step + 1, interrupted=interrupted, time_limit_reached=time_up, non_finite_steps=guard.total,
                wall_s=time.perf_counter() - t0, run_dir=str(run_dir))
     if acc.is_main_process and not interrupted:
         save_final(acc.unwrap_model(model), tokenizer, run_dir)

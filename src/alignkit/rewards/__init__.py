@@ -9,6 +9,7 @@ inf, any exception) into a counted failed sample left out of the loss, never a 0
 from alignkit.rewards.accuracy import (
     accuracy_reward,
     answers_match,
+    digit_match_reward,
     extract_answer,
     normalize_answer,
     parse_number,
@@ -43,6 +44,7 @@ __all__ = [
     "build_rewards",
     "code_reward",
     "combine",
+    "digit_match_reward",
     "extract_answer",
     "extract_code",
     "format_reward",

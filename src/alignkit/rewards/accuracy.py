@@ -27,6 +27,8 @@ import re
 import threading
 from fractions import Fraction
 
+from alignkit.rewards.errors import RewardError
+
 logger = logging.getLogger(__name__)
 
 _LAST_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -175,3 +177,30 @@ def accuracy_reward(completion: str, *, answer: str | int | float, strict: bool 
     """
     predicted = extract_answer(completion, strict=strict)
     return 1.0 if predicted is not None and answers_match(predicted, str(answer)) else 0.0
+
+
+def digit_match_reward(completion: str, *, answer: str | int, strict: bool = False, **_: object) -> float:
+    """Partial credit for an integer answer: the share of digit positions (right-aligned, the sign a position
+    of its own) where the completion's final answer agrees with ``answer``; 0.0 for no answer or a non-integer.
+
+        r = #{i : pred_i == truth_i} / max(len(pred), len(truth))     over the right-aligned strings
+
+    A dense companion to ``accuracy_reward`` for arithmetic (1.0 exactly when the integer is right): with a
+    binary reward a small model that rarely gets a hard sum right gets almost no learning signal, while each
+    right digit here is signal (the GRPO learning config weights accuracy + digits).
+
+    >>> digit_match_reward("<answer>118</answer>", answer=115), digit_match_reward("115", answer="115")
+    (0.6666666666666666, 1.0)
+    >>> digit_match_reward("15", answer=115), digit_match_reward("-5", answer=5), digit_match_reward("none", answer=3)
+    (0.6666666666666666, 0.5, 0.0)
+    """
+    predicted = extract_answer(completion, strict=strict)
+    value = parse_number(normalize_answer(predicted)) if predicted is not None else None
+    truth = parse_number(normalize_answer(str(answer)))
+    if truth is None or truth.denominator != 1:
+        raise RewardError(f"digit_match_reward needs an integer answer, got {answer!r}")
+    if value is None or value.denominator != 1:
+        return 0.0
+    p, t = str(int(value)), str(int(truth))
+    width = max(len(p), len(t))
+    return sum(a == b for a, b in zip(p.rjust(width), t.rjust(width))) / width

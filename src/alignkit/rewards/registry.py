@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from alignkit.rewards.accuracy import accuracy_reward
+from alignkit.rewards.accuracy import accuracy_reward, digit_match_reward
 from alignkit.rewards.code import code_reward
 from alignkit.rewards.combine import combine
 from alignkit.rewards.format import format_reward, format_reward_soft
@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 RewardFn = Callable[..., float]
 BUILTIN_REWARDS: dict[str, RewardFn] = {
     "accuracy": accuracy_reward,
+    "digits": digit_match_reward,
     "format": format_reward,
     "format_soft": format_reward_soft,
     "language": language_consistency_reward,
