@@ -182,43 +182,16 @@ def test_checkpoint_saves_and_restores_extra_modules(base, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(critic.state_dict().values(), other.state_dict().values()))
 
 
-def _small_batch() -> PPOBatch:
+def test_packed_forwards_equal_padded_ones(base):
+    """Packing (no padding, no cross-sequence attention) changes no number: logprobs, entropies, values."""
+    from alignkit.recipes.ppo import critic_values, policy_forward
+
     torch.manual_seed(0)
     prompt_mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]])
     response_mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]])
-    return PPOBatch(prompt_ids=torch.randint(3, 200, (3, 4)) * prompt_mask, prompt_mask=prompt_mask,
-                    completion_ids=torch.randint(3, 200, (3, 3)) * response_mask, response_mask=response_mask,
-                    rewards=torch.zeros(3))
-
-
-def test_lean_forwards_equal_model_forward(base, monkeypatch):
-    """The lean path (`alignkit.models.grouped`, taken for Llama-family policies and critics) gives the
-    logprobs, entropies and values of `model.forward` over the packed sequences."""
-    from alignkit.models import grouped
-    from alignkit.recipes.ppo import critic_values, policy_forward
-
-    b = _small_batch()
-    critic = ValueModel.from_causal_lm(base, seed=7)
-    assert grouped.supports(base) and grouped.supports(critic)
-    with torch.no_grad():
-        lean = [(policy_forward(base, b, rows, temperature=0.7, entropy=True), critic_values(critic, b, rows))
-                for rows in (slice(0, 3), [2, 0])]
-        monkeypatch.setattr(grouped, "supports", lambda model: False)
-        for rows, (lp_ent, values) in zip((slice(0, 3), [2, 0]), lean):
-            lp, ent, _ = policy_forward(base, b, rows, temperature=0.7, entropy=True)
-            torch.testing.assert_close(lp_ent[0], lp, atol=1e-5, rtol=0)
-            torch.testing.assert_close(lp_ent[1], ent, atol=1e-5, rtol=0)
-            torch.testing.assert_close(values, critic_values(critic, b, rows), atol=1e-5, rtol=0)
-
-
-def test_packed_forwards_equal_padded_ones(base, monkeypatch):
-    """Packing (no padding, no cross-sequence attention) changes no number: logprobs, entropies, values
-    (model.forward: the lean path is switched off here)."""
-    from alignkit.models import grouped
-    from alignkit.recipes.ppo import critic_values, policy_forward
-
-    monkeypatch.setattr(grouped, "supports", lambda model: False)
-    b = _small_batch()
+    b = PPOBatch(prompt_ids=torch.randint(3, 200, (3, 4)) * prompt_mask, prompt_mask=prompt_mask,
+                 completion_ids=torch.randint(3, 200, (3, 3)) * response_mask, response_mask=response_mask,
+                 rewards=torch.zeros(3))
     critic, head = ValueModel.from_causal_lm(base, seed=7), SharedValueHead.for_policy(base, seed=8)
     with torch.no_grad():
         for rows in (slice(0, 3), [2, 0]):

@@ -33,41 +33,25 @@ import torch.nn.functional as F
 from torch import nn
 
 SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
-SUPPORTED_TRUNKS = ("LlamaModel", "Qwen2Model", "MistralModel")
-
-
-def _parts(model) -> tuple[object, nn.Module, nn.Module] | None:
-    """(config, trunk, head) of a supported causal LM (head = its LM head) or of a critic with a supported trunk
-    (`alignkit.models.value.ValueModel`: head = Linear(hidden, 1)); None for anything else."""
-    if type(model).__name__ in SUPPORTED:
-        return model.config, model.model, model.lm_head
-    trunk, head = getattr(model, "trunk", None), getattr(model, "head", None)
-    if type(model).__name__ == "ValueModel" and type(trunk).__name__ in SUPPORTED_TRUNKS:
-        return trunk.config, trunk, head
-    return None
 
 
 class FastDecoder:
-    """Prefill + decode steps over a preallocated KV cache [A, KV, cap, d] per layer (see module docstring).
-
-    Also takes a critic (`ValueModel`: a supported trunk + Linear(hidden, 1)); its "logits" are then the
-    head's output [A, 1], computed like the LM head's (the final norm folded into it)."""
+    """Prefill + decode steps over a preallocated KV cache [A, KV, cap, d] per layer (see module docstring)."""
 
     @staticmethod
     def supports(model) -> bool:
         """True where the lean forward computes exactly what `model.forward` does."""
-        parts = _parts(model)
-        if parts is None:
+        if type(model).__name__ not in SUPPORTED:
             return False
-        config, inner, head = parts
+        config = model.config
         if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "use_sliding_window", False):
             return False
-        if getattr(config, "sliding_window", None) and getattr(config, "model_type", "") == "mistral":
+        if getattr(config, "sliding_window", None) and type(model).__name__ == "MistralForCausalLM":
             return False
-        rope = getattr(inner.rotary_emb, "rope_type", "default")
-        if rope == "dynamic" or type(head) is not nn.Linear or type(inner.embed_tokens) is not nn.Embedding:
+        rope = getattr(model.model.rotary_emb, "rope_type", "default")
+        if rope == "dynamic" or not isinstance(model.lm_head, nn.Linear) or type(model.model.embed_tokens) is not nn.Embedding:
             return False
-        for layer in inner.layers:
+        for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
             mods = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
             if any(type(m) is not nn.Linear for m in mods):
@@ -77,7 +61,7 @@ class FastDecoder:
     def __init__(self, model, capacity: int):
         if not self.supports(model):
             raise ValueError(f"FastDecoder does not support {type(model).__name__} with this configuration")
-        config, inner, head = _parts(model)
+        config, inner = model.config, model.model
         first = inner.layers[0].self_attn
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim, self.scale = first.head_dim, first.scaling
@@ -87,6 +71,7 @@ class FastDecoder:
         d = self.head_dim
         # interleave (j, j + d/2) within each head: new 2j <- j, new 2j+1 <- j + d/2
         self.perm = torch.stack([torch.arange(d // 2), torch.arange(d // 2) + d // 2], -1).reshape(-1)
+        head = model.lm_head
         self.lm_head = ((head.weight.float() * inner.norm.weight.float()[None] * self.hidden ** 0.5)
                         .t().contiguous().to(head.weight.dtype), head.bias)
         self.final_eps = self._eps(inner.norm)

@@ -16,13 +16,8 @@ differentiable, so gradients reach the model's parameters exactly as through `mo
 layer drops from R (P + C) token rows to N P + (real completion tokens). Rows with the same prompt must be consecutive (the
 group-contiguous layout of `alignkit.rollout`); consecutive rows with equal prompt ids and mask share.
 
-The same trunk gives a critic's values (`grouped_completion_values`, for a `ValueModel` whose trunk is
-Llama-family: its scalar head read where the LM head would be). With G = 1 (PPO) nothing is shared, and
-what remains is the lean forward over real tokens only.
-
-Naive forms: `sequence_logprobs(model, cat([prompt, completion]), ...)[:, P:]` and
-`critic(cat([prompt, completion]), mask)[:, P:]`; `tests/unit/test_grouped.py` checks values and parameter
-gradients against them.
+Naive form: `sequence_logprobs(model, cat([prompt, completion]), ...)[:, P:]`; `tests/test_grouped.py`
+checks values and parameter gradients against it.
 """
 
 from __future__ import annotations
@@ -35,13 +30,11 @@ from alignkit.models.decoder import FastDecoder
 
 
 def supports(model) -> bool:
-    """Plain (unwrapped, e.g. not DDP or peft) Llama-family causal LM or critic (`ValueModel`) with no
-    attention dropout or gradient checkpointing in training."""
+    """Plain (unwrapped, e.g. not DDP or peft) Llama-family model with no attention dropout or gradient
+    checkpointing in training."""
     if not FastDecoder.supports(model):
         return False
-    trunk = getattr(model, "trunk", model)
-    if model.training and (getattr(trunk.config, "attention_dropout", 0.0)
-                           or getattr(trunk, "is_gradient_checkpointing", False)):
+    if model.training and (getattr(model.config, "attention_dropout", 0.0) or model.is_gradient_checkpointing):
         return False
     return True
 
@@ -70,30 +63,6 @@ def grouped_completion_logprobs(
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    logits, padded, ids = _head_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
-    r, c = completion_ids.shape
-    lp = padded(selective_log_softmax(logits, ids, temperature=temperature))
-    if not return_entropy:
-        return lp.view(r, c)
-    ent = padded(_chunked_entropy(logits, chunk_size=512, temperature=temperature))
-    return lp.view(r, c), ent.view(r, c)
-
-
-def grouped_completion_values(
-    critic, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
-    completion_mask: torch.Tensor,
-) -> torch.Tensor:
-    """V(s_t) [R, C] fp32 for each completion token t of a critic (`alignkit.models.value.ValueModel`): its
-    head on the hidden state of position t - 1, as `ValueModel.forward` aligns it; 0 where completion_mask
-    is 0. Same arguments and layout as `grouped_completion_logprobs`; naive form
-    `critic(cat([prompt, completion]), mask)[:, P:]`."""
-    out, padded, _ = _head_outputs(critic, prompt_ids, prompt_mask, completion_ids, completion_mask)
-    return padded(out[:, 0].float()).view(completion_ids.shape)
-
-
-def _head_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask):
-    """The head's output [M, V] (LM head: logits; critic: [M, 1]) at the position before each of the M real
-    completion tokens, plus ``padded`` ([M, ...] -> [R * C, ...], zeros at padding) and those tokens' ids [M]."""
     # clones: rollout tensors are inference-mode tensors, which autograd may not save
     prompt_ids, prompt_mask, completion_ids = prompt_ids.clone(), prompt_mask.clone(), completion_ids.clone()
     dec = FastDecoder(model, prompt_ids.shape[1] + completion_ids.shape[1])
@@ -153,4 +122,8 @@ def _head_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mas
     last_prompt = xp.reshape(n, p, hidden)[:, -1][group]  # [R, h]: predicts completion token 0
     pred = torch.cat([last_prompt[:, None], padded(xc).reshape(r, c, hidden)[:, :-1]], 1)  # [R, C, h]
     logits = dec._logits(pred.reshape(r * c, hidden)[real])  # [M, V]: token t from position t - 1
-    return logits, padded, completion_ids.reshape(-1)[real]
+    lp = padded(selective_log_softmax(logits, completion_ids.reshape(-1)[real], temperature=temperature))
+    if not return_entropy:
+        return lp.view(r, c)
+    ent = padded(_chunked_entropy(logits, chunk_size=512, temperature=temperature))
+    return lp.view(r, c), ent.view(r, c)

@@ -38,11 +38,8 @@ Decisions, stated up front:
 - ``loss.variant: kl_penalty`` is the lecture's alternative: no clipping, loss -(r_t A_t - beta_pen KL_t)
   with beta_pen adapted after each iteration by the doubling/halving rule toward ``loss.kl_penalty_target``.
 - Advantage whitening uses the statistics of this process's batch (with several processes, of its share).
-- Every forward (old / reference logprobs, values, the update) skips padding, which changes no number:
-  Llama-family policies and critics (plain, unwrapped) take the lean forward of `alignkit.models.grouped`
-  (tensor ops only, row-wise work on real tokens); other models (peft-wrapped, a shared value head, other
-  architectures) run ``model.forward`` on the sequences packed without padding (``loss.packing``; rows of at
-  most the padded width, no attention across sequences).
+- Every forward (old / reference logprobs, values, the update) runs on the sequences packed without padding
+  (``loss.packing``; rows of at most the padded width, no attention across sequences); it changes no number.
 - A sample whose reward failed is counted, logged and left out of the loss (its mask is zeroed).
 - beta = 0 with a fixed controller loads no reference model. With LoRA the reference is the policy with its
   adapters disabled.
@@ -144,8 +141,8 @@ class LossSection(Section):
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
     whiten_advantages: bool = Field(True, description="normalize advantages to mean 0, std 1 over the batch")
     aggregation: Literal[AGGREGATIONS] = Field("token_mean", description="loss aggregation over a minibatch")
-    packing: bool = Field(True, description="models off the lean path: forward each micro-batch's sequences packed "
-                          "without padding (no cross-sequence attention); false = padded rows")
+    packing: bool = Field(True, description="forward each micro-batch's sequences packed without padding (no "
+                          "cross-sequence attention); false = padded rows")
     kl_stop: float | None = Field(None, gt=0, description="trust region: stop the iteration when KL(pi_old || pi) passes this")
     kl_penalty_beta: float = Field(1.0, gt=0, description="kl_penalty variant: initial beta of the KL(pi_old || pi) term")
     kl_penalty_target: float = Field(0.01, gt=0, description="kl_penalty variant: target KL(pi_old || pi) for adapting that beta")
@@ -211,11 +208,6 @@ class PPOBatch:
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
 
-    def completions(self, rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(prompt_ids, prompt_mask, completion_ids, response_mask) of ``rows``: the layout of
-        `alignkit.models.grouped` (left-padded prompts, right-padded completions)."""
-        return self.prompt_ids[rows], self.prompt_mask[rows], self.completion_ids[rows], self.response_mask[rows]
-
     def sequences(self, rows) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask) [R, P + C] of ``rows``: prompt then completion."""
         return (torch.cat([self.prompt_ids[rows], self.completion_ids[rows]], dim=1),
@@ -266,17 +258,10 @@ def score_rollouts(completions, examples, prompts_text, rewards, reward_model, c
 def policy_forward(model, batch: PPOBatch, rows, *, temperature: float, entropy: bool = False, head=None,
                    packing: bool = True):
     """Completion logprobs [R, C] (and entropies, and the shared head's values) of ``rows``; 0 past each
-    row's end. Llama-family models (plain, unwrapped; no shared head) take the lean forward of
-    `alignkit.models.grouped`, which runs only real tokens (no padding to pack away); others ``model.forward``,
-    over the packed sequences (``PPOBatch.packed``) with ``packing``, else over padded rows."""
+    row's end. ``packing``: one forward over the packed sequences (``PPOBatch.packed``) instead of padded rows."""
     from alignkit.logprobs import sequence_logprobs
-    from alignkit.models import grouped
 
     c, mask = batch.completion_ids.shape[1], batch.response_mask[rows]
-    if head is None and grouped.supports(model):
-        out = grouped.grouped_completion_logprobs(model, *batch.completions(rows), temperature=temperature,
-                                                  return_entropy=entropy)
-        return (*out, None) if entropy else (out, None, None)
     if packing:
         ids, attn, pos, index = batch.packed(rows)
 
@@ -296,13 +281,8 @@ def policy_forward(model, batch: PPOBatch, rows, *, temperature: float, entropy:
 
 
 def critic_values(critic, batch: PPOBatch, rows, *, packing: bool = True) -> torch.Tensor:
-    """V(s_t) [R, C] for each completion token of ``rows`` from a critic with its own trunk (0 past the end);
-    the lean forward of `alignkit.models.grouped` where the critic's trunk qualifies, as in `policy_forward`."""
-    from alignkit.models import grouped
-
+    """V(s_t) [R, C] for each completion token of ``rows`` from a critic with its own trunk (0 past the end)."""
     mask = batch.response_mask[rows]
-    if grouped.supports(critic):
-        return grouped.grouped_completion_values(critic, *batch.completions(rows))
     if packing:
         ids, attn, pos, index = batch.packed(rows)
         return critic(ids, attn, pos).reshape(-1)[index] * mask
