@@ -172,6 +172,14 @@ class RewardSection(Section):
     success_key: str = Field("accuracy", description="component whose value 1.0 means the task was solved")
 
 
+class RLRewardSection(RewardSection):
+    """RL recipes (GRPO, PPO): rule-based components plus, optionally, a trained reward model."""
+
+    model: str | None = Field(None, description="trained reward model directory (alignkit rm's final/); None = rules only")
+    model_weight: float = Field(1.0, description="weight of the reward model's score in the sequence reward")
+    model_batch_size: int = Field(64, gt=0, description="rows per reward-model forward")
+
+
 class OutputSection(Section):
     dir: str = Field("runs", description="parent directory of runs")
     name: str = Field("run", description="run name: outputs go to <dir>/<name>/")

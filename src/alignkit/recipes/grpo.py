@@ -5,7 +5,8 @@
 One step, as named and timed phases:
   sample      B prompts (the curriculum's current level, when on)
   generate    G completions per prompt through alignkit.rollout, at the scheduled temperature
-  score       every reward component (alignkit.rewards); a failed verifier leaves the sample out
+  score       every reward component (alignkit.rewards; a trained reward model with ``reward.model``);
+              a failed verifier leaves the sample out
   advantages  group-normalized: (r - mean_g) / (std_g + eps)            alignkit.advantages
   logprobs    reference logprobs (only when beta > 0)
   update      mu optimizer steps of the clipped objective + beta * k3 KL  alignkit.losses.grpo_loss
@@ -41,7 +42,7 @@ import torch
 from pydantic import Field
 
 from alignkit.advantages import group_advantages, zero_variance_groups
-from alignkit.config import ModelSection, OptimSection, OutputSection, RewardSection, Section, to_yaml
+from alignkit.config import ModelSection, OptimSection, OutputSection, RLRewardSection, Section, to_yaml
 from alignkit.data.prompts import PromptDataSection, PromptSampler, load_prompts
 from alignkit.infra import PhaseTimer, RunLogger, plot_metrics, progress, seed_everything
 from alignkit.infra.checkpoint import GracefulStop, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -119,7 +120,8 @@ class GRPOConfig(Section):
     data: PromptDataSection = Field(default_factory=PromptDataSection, description="prompts")
     curriculum: CurriculumSection = Field(default_factory=CurriculumSection, description="difficulty curriculum")
     rollout: RolloutSection = Field(default_factory=RolloutSection, description="sampling")
-    reward: RewardSection = Field(default_factory=RewardSection, description="rule-based rewards")
+    reward: RLRewardSection = Field(default_factory=RLRewardSection,
+                                    description="rule-based rewards and an optional trained reward model")
     loss: LossSection = Field(default_factory=LossSection, description="GRPO objective")
     optim: OptimSection = Field(default_factory=lambda: OptimSection(lr=1e-4, warmup_steps=0, schedule="constant"),
                                 description="optimizer")
@@ -197,6 +199,9 @@ def health_warnings(m: dict, cfg: MonitorSection) -> list[str]:
         out.append(f"entropy {m['entropy']:.4f} < {cfg.entropy_floor}: collapse (samples nearly identical)")
     if m.get("groups/zero_variance", 0.0) >= 1.0:
         out.append("every group has all-equal rewards: no learning signal this step")
+    if m.get("skipped"):
+        out.append(f"non-finite loss or gradient norm (loss={m.get('loss')}, grad_norm={m.get('grad_norm')}): "
+                   "the optimizer step was skipped")
     return out
 
 
@@ -207,7 +212,7 @@ def run(cfg: GRPOConfig) -> dict:
     """Train per ``cfg``; writes <output.dir>/<output.name>/ like every recipe; returns a summary."""
     from alignkit.evaluation import evaluate_model
     from alignkit.models import load_policy
-    from alignkit.rewards import build_rewards, reward_metrics, score_batch
+    from alignkit.rewards import build_rewards, reward_metrics, score_with_model
 
     started = time.perf_counter()
     acc = setup_accelerator(cfg.train.precision)
@@ -224,6 +229,11 @@ def run(cfg: GRPOConfig) -> dict:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     model = prepare_model(model, cfg.model)
     rewards = build_rewards(cfg.reward.weights, cfg.reward.options)
+    reward_model = None
+    if cfg.reward.model is not None:  # a trained reward model (alignkit rm): component "model"
+        from alignkit.rewards.model_reward import ModelReward
+
+        reward_model = ModelReward(cfg.reward.model, device=str(acc.device), batch_size=cfg.reward.model_batch_size)
     pools, held_out, dropped = load_prompts(cfg.data, tokenizer)
     optimizer = build_optimizer(model, cfg.optim)
     total_updates = cfg.train.steps * cfg.loss.mu
@@ -297,7 +307,10 @@ def run(cfg: GRPOConfig) -> dict:
                 batch = merge_rollouts(parts, tokenizer.pad_token_id)
             with timer("score"):
                 examples = [prompts[i][2] for i, g in enumerate(sizes) for _ in range(g)]
-                scored = score_batch(batch["completions"], examples, rewards, success_key=cfg.reward.success_key)
+                scored = score_with_model(batch["completions"], examples,
+                                          [prompts[i][1] for i, g in enumerate(sizes) for _ in range(g)], rewards,
+                                          reward_model, model_weight=cfg.reward.model_weight,
+                                          success_key=cfg.reward.success_key)
                 valid = torch.tensor([s.ok for s in scored])
                 raw = torch.tensor([s.total if s.ok else 0.0 for s in scored], dtype=torch.float32)
             with timer("advantages"):

@@ -61,7 +61,7 @@ import torch
 from pydantic import Field
 
 from alignkit.advantages import gae, whiten
-from alignkit.config import ModelSection, OptimSection, OutputSection, RewardSection, Section, to_yaml
+from alignkit.config import ModelSection, OptimSection, OutputSection, RLRewardSection, Section, to_yaml
 from alignkit.data.prompts import PromptDataSection, PromptSampler, load_prompts
 from alignkit.infra import PhaseTimer, RunLogger, plot_metrics, progress, seed_everything
 from alignkit.infra.checkpoint import GracefulStop, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -102,12 +102,6 @@ class RolloutSection(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus filtering (1 = off)")
     stop: list[str] = Field([], description="stop strings")
     backend: Literal["native", "hf", "vllm"] = Field("native", description="sampler backend")
-
-
-class PPORewardSection(RewardSection):
-    model: str | None = Field(None, description="trained reward model directory (alignkit rm's final/); None = rules only")
-    model_weight: float = Field(1.0, description="weight of the reward model's score in the sequence reward")
-    model_batch_size: int = Field(64, gt=0, description="rows per reward-model forward")
 
 
 class KLSection(Section):
@@ -167,7 +161,7 @@ class PPOConfig(Section):
     critic: CriticSection = Field(default_factory=CriticSection, description="value model")
     data: PromptDataSection = Field(default_factory=PromptDataSection, description="prompts")
     rollout: RolloutSection = Field(default_factory=RolloutSection, description="sampling")
-    reward: PPORewardSection = Field(default_factory=PPORewardSection, description="sequence reward")
+    reward: RLRewardSection = Field(default_factory=RLRewardSection, description="sequence reward")
     kl: KLSection = Field(default_factory=KLSection, description="KL penalty to the reference in the reward")
     loss: LossSection = Field(default_factory=LossSection, description="PPO objective and epochs")
     optim: OptimSection = Field(default_factory=lambda: OptimSection(lr=2e-4, warmup_steps=0, schedule="constant"),
@@ -243,16 +237,12 @@ class PPOBatch:
         return ids, attn, pos, index.to(ids.device)
 
 
-def score_rollouts(completions, examples, prompts_text, rewards, reward_model, cfg: PPORewardSection) -> list:
+def score_rollouts(completions, examples, prompts_text, rewards, reward_model, cfg: RLRewardSection) -> list:
     """Rule-based components (registry scorer) plus the reward model's score as component ``model``."""
-    from alignkit.rewards import ScoredSample, score_batch
+    from alignkit.rewards import score_with_model
 
-    scored = score_batch(completions, examples, rewards, success_key=cfg.success_key)
-    if reward_model is None:
-        return scored
-    rm = reward_model.score_batch(prompts_text, completions)
-    return [ScoredSample(s.total + cfg.model_weight * r, {**s.components, "model": r}, s.success) if s.ok else s
-            for s, r in zip(scored, rm)]
+    return score_with_model(completions, examples, prompts_text, rewards, reward_model,
+                            model_weight=cfg.model_weight, success_key=cfg.success_key)
 
 
 def policy_forward(model, batch: PPOBatch, rows, *, temperature: float, entropy: bool = False, head=None,

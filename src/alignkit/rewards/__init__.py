@@ -29,6 +29,7 @@ from alignkit.rewards.registry import (
     reward_metrics,
     score,
     score_batch,
+    score_with_model,
 )
 from alignkit.rewards.sandbox import SandboxResult, run_in_sandbox, run_many
 
@@ -59,4 +60,5 @@ __all__ = [
     "run_many",
     "score",
     "score_batch",
+    "score_with_model",
 ]

@@ -166,20 +166,43 @@ def score_batch(completions: Sequence[str], examples: Sequence[Mapping[str, obje
     return [_score(c, e, rewards, success_key, i, d) for i, (c, e, d) in enumerate(zip(completions, examples, done))]
 
 
+def score_with_model(completions: Sequence[str], examples: Sequence[Mapping[str, object]], prompts: Sequence,
+                     rewards: Mapping[str, tuple[RewardFn, float]], reward_model=None, *, model_weight: float = 1.0,
+                     success_key: str = "accuracy", workers: int = 1) -> list[ScoredSample]:
+    """``score_batch`` plus a trained reward model (``alignkit.rewards.ModelReward``, batched forwards) as the
+    component ``model``: total += model_weight * score. ``prompts[i]`` is the prompt of ``completions[i]``
+    (the reward model reads prompt + completion). A failed sample stays failed (its model score is dropped)."""
+    scored = score_batch(completions, examples, rewards, success_key=success_key, workers=workers)
+    if reward_model is None:
+        return scored
+    rm = reward_model.score_batch(prompts, completions)
+    return [ScoredSample(s.total + model_weight * r, {**s.components, "model": r}, s.success) if s.ok else s
+            for s, r in zip(scored, rm)]
+
+
 def reward_metrics(samples: Sequence[ScoredSample]) -> dict[str, float]:
-    """Metrics to log: mean of each component and of the total over scored samples, failures per
-    component, success rate over samples with a success value.
+    """Metrics to log: mean and (population) std of each component and of the total over scored samples,
+    failures per component, success rate over samples with a success value.
 
     >>> reward_metrics([ScoredSample(2.0, {"accuracy": 1.0, "format": 1.0}, True),
-    ...                 ScoredSample(None, {"accuracy": 0.0}, None, "code", "SandboxError: ...")])
-    {'reward/total': 2.0, 'reward/accuracy': 1.0, 'reward/format': 1.0, 'reward/failed': 1.0, 'reward/failed/code': 1.0, 'reward/success_rate': 1.0}
+    ...                 ScoredSample(1.0, {"accuracy": 0.0, "format": 1.0}, False),
+    ...                 ScoredSample(None, {"accuracy": 0.0}, None, "code", "SandboxError: ...")])  # doctest: +NORMALIZE_WHITESPACE
+    {'reward/total': 1.5, 'reward/total/std': 0.5, 'reward/accuracy': 0.5, 'reward/accuracy/std': 0.5,
+     'reward/format': 1.0, 'reward/format/std': 0.0, 'reward/failed': 1.0, 'reward/failed/code': 1.0,
+     'reward/success_rate': 0.5}
     """
     scored = [s for s in samples if s.ok]
     metrics: dict[str, float] = {}
+
+    def mean_std(name: str, values: list[float]) -> None:
+        mean = sum(values) / len(values)
+        metrics[f"reward/{name}"] = mean
+        metrics[f"reward/{name}/std"] = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
     if scored:
-        metrics["reward/total"] = sum(s.total for s in scored) / len(scored)
+        mean_std("total", [s.total for s in scored])
         for name in scored[0].components:
-            metrics[f"reward/{name}"] = sum(s.components[name] for s in scored) / len(scored)
+            mean_std(name, [s.components[name] for s in scored])
     metrics["reward/failed"] = float(len(samples) - len(scored))
     for s in samples:
         if s.failed is not None:
