@@ -200,13 +200,17 @@ def test_reward_model_score_rises(tmp_path):
         f"output.dir={tmp_path}", "output.name=rm", "output.tensorboard=false"]))
     assert rm_summary["end"]["eval/accuracy"] >= 0.9
     cfg = load_config(PPOConfig, "configs/ppo/arith_tiny.yaml", [
-        f"output.dir={tmp_path}", "output.name=rm-ppo", "output.tensorboard=false", "train.steps=20",
-        "train.eval_every=1000", "data.n_eval=2", "reward.weights={accuracy: 0.0}", f"reward.model={tmp_path / 'rm' / 'final'}"])
+        f"output.dir={tmp_path}", "output.name=rm-ppo", "output.tensorboard=false", "train.steps=30",
+        "optim.lr=2e-5", "train.eval_every=1000", "data.n_eval=2", "reward.weights={accuracy: 0.0}",
+        f"reward.model={tmp_path / 'rm' / 'final'}"])
     ppo.run(cfg)
     logged = rows(tmp_path / "rm-ppo")[1:]
     score = [x["reward/model"] for x in logged]
-    # measured: reward-model score first 5 iterations 0.08, last 5 0.97 (rm held-out accuracy 0.95); max KL
-    # 0.12; task accuracy (weight 0, logged apart) stays ~0.2 and completions shorten 7 -> 4 tokens: the
-    # policy climbs the reward model, not the task -- the gap the lecture calls reward hacking
+    # measured (session 3, 2 CPU cores, seed 0): reward-model score first 5 iterations 0.38, last 5 1.43 (rm
+    # held-out accuracy 0.95; per-iteration scores of 32 samples swing from -0.4 to 2.7); max KL 0.206; task
+    # accuracy (weight 0, logged apart) 0.29 -> 0.20 and completions shorten 6.7 -> 4.3 tokens: the policy
+    # climbs the reward model, not the task -- the gap the lecture calls reward hacking. (The session-1 numbers,
+    # 20 iterations at lr 3e-5, stopped holding when the reward model's training changed in session 2: the
+    # score still rose, 0.42 -> 0.76, but the KL spiked to 0.43.)
     assert mean(score[-5:]) >= mean(score[:5]) + 0.5
     assert max(x["kl"] for x in logged) < 1.5 * cfg.kl.target
