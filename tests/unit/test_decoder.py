@@ -63,14 +63,18 @@ def test_select_keeps_the_chosen_rows():
     model, _ = build_tiny()
     ids, mask = left_pad(PROMPTS, 0, torch.device("cpu"))
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    a, b = FastDecoder(model, ids.shape[1] + 2), FastDecoder(model, ids.shape[1] + 2)
-    keep = torch.tensor([3, 0])
+    a, b = FastDecoder(model, ids.shape[1] + 3), FastDecoder(model, ids.shape[1] + 3)
+    keep, then = torch.tensor([3, 0, 1]), torch.tensor([2, 0])
     with torch.inference_mode():
         a.prefill(ids, mask, positions)
-        b.prefill(ids[keep], mask[keep], positions[keep])
-        a.select(keep)
-        tokens, pos = torch.tensor([90, 91]), positions[keep, -1] + 1
-        torch.testing.assert_close(a.step(tokens, pos), b.step(tokens, pos), atol=1e-6, rtol=0)
+        b.prefill(ids[keep[then]], mask[keep[then]], positions[keep[then]])
+        a.select(keep)  # right after the prefill: only the prompt columns are copied
+        pos = positions[keep, -1] + 1
+        step_a = a.step(torch.tensor([90, 91, 92]), pos)
+        torch.testing.assert_close(step_a[then], b.step(torch.tensor([92, 90]), pos[then]), atol=1e-6, rtol=0)
+        a.select(then)  # after a decode step: the prompt columns and the step's key/value column
+        out_a, out_b = a.step(torch.tensor([7, 8]), pos[then] + 1), b.step(torch.tensor([7, 8]), pos[then] + 1)
+        torch.testing.assert_close(out_a, out_b, atol=1e-6, rtol=0)
 
 
 def test_which_models_qualify():

@@ -215,7 +215,15 @@ class FastDecoder:
         return self._logits(self._forward(tokens[:, None], positions[:, None], mask))
 
     def select(self, rows: torch.Tensor) -> None:
-        """Keep only `rows` (indices into the current rows), in that order."""
-        self.keys = [k[rows] for k in self.keys]
-        self.values = [v[rows] for v in self.values]
+        """Keep only `rows` (indices into the current rows), in that order. Only the written cache columns
+        [0, length) are copied; the rest of the new cache is left uninitialized, as after `prefill`."""
+        n = self.length
+
+        def take(cache: torch.Tensor) -> torch.Tensor:
+            out = cache.new_empty((rows.numel(), *cache.shape[1:]))
+            out[:, :, :n] = cache[:, :, :n].index_select(0, rows)
+            return out
+
+        self.keys = [take(k) for k in self.keys]
+        self.values = [take(v) for v in self.values]
         self.key_mask = self.key_mask[rows]
