@@ -125,7 +125,6 @@ def test_resume_gives_the_same_run(tmp_path, monkeypatch):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-
 def test_trained_reward_model_is_a_reward_component(tmp_path):
     """reward.model (an `alignkit rm` output directory) adds the component "model", weighted into the total."""
     from alignkit.config import ModelSection
@@ -149,6 +148,14 @@ def test_time_limit_ends_the_run_with_a_final_evaluation(tmp_path):
     assert (tmp_path / "tl" / "final" / "model.safetensors").is_file()
 
 
+def test_health_warnings_name_each_metric_out_of_range():
+    cfg = grpo.MonitorSection(kl_limit=0.1, entropy_floor=0.05)
+    assert grpo.health_warnings({"kl": 0.05, "entropy": 0.5, "groups/zero_variance": 0.5, "skipped": 0}, cfg) == []
+    lines = grpo.health_warnings({"kl": 0.2, "entropy": 0.01, "groups/zero_variance": 1.0, "skipped": 1,
+                                  "loss": float("nan"), "grad_norm": 1.0}, cfg)
+    assert [x.split(" ")[0] for x in lines] == ["KL", "entropy", "every", "non-finite"] and "nan" in lines[3]
+
+
 # --------------------------------------------------------------------------------------------------------
 # Learning (slow)
 # --------------------------------------------------------------------------------------------------------
@@ -165,11 +172,3 @@ def test_grpo_learns_arithmetic(tmp_path):
     print("held-out accuracy by step:", curve, "steps:", summary["steps"], "wall s:", round(summary["wall_s"]))
     assert summary["start"]["eval/accuracy"] == pytest.approx(0.23)  # the base model's documented accuracy
     assert summary["end"]["eval/accuracy"] >= summary["start"]["eval/accuracy"] + 0.15
-
-
-def test_health_warnings_name_each_metric_out_of_range():
-    cfg = grpo.MonitorSection(kl_limit=0.1, entropy_floor=0.05)
-    assert grpo.health_warnings({"kl": 0.05, "entropy": 0.5, "groups/zero_variance": 0.5, "skipped": 0}, cfg) == []
-    lines = grpo.health_warnings({"kl": 0.2, "entropy": 0.01, "groups/zero_variance": 1.0, "skipped": 1,
-                                  "loss": float("nan"), "grad_norm": 1.0}, cfg)
-    assert [x.split(" ")[0] for x in lines] == ["KL", "entropy", "every", "non-finite"] and "nan" in lines[3]

@@ -209,8 +209,8 @@ def test_reward_model_score_rises(tmp_path):
     # measured (session 3, 2 CPU cores, seed 0): reward-model score first 5 iterations 0.38, last 5 1.43 (rm
     # held-out accuracy 0.95; per-iteration scores of 32 samples swing from -0.4 to 2.7); max KL 0.206; task
     # accuracy (weight 0, logged apart) 0.29 -> 0.20 and completions shorten 6.7 -> 4.3 tokens: the policy
-    # climbs the reward model, not the task -- the gap the lecture calls reward hacking. (The session-1 numbers,
-    # 20 iterations at lr 3e-5, stopped holding when the reward model's training changed in session 2: the
-    # score still rose, 0.42 -> 0.76, but the KL spiked to 0.43.)
+    # climbs the reward model, not the task -- the gap the lecture calls reward hacking. (Session 1's setting,
+    # 20 iterations at lr 3e-5, no longer passes after session 2's changes to reward-model training and the
+    # optimizer: the score still rose, 0.42 -> 0.76, but the KL spiked to 0.43.)
     assert mean(score[-5:]) >= mean(score[:5]) + 0.5
     assert max(x["kl"] for x in logged) < 1.5 * cfg.kl.target
