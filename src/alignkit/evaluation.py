@@ -39,16 +39,24 @@ def arithmetic_train_problems(n: int, levels=EVAL_LEVELS, *, seed: int = EVAL_SE
     return make_split(n, eval_size(levels), level=list(levels), seed=seed)[0]
 
 
-def score_completions(completions: list[str], answers: list[str | int], lengths: list[int] | None = None) -> dict:
-    """Accuracy, strict R1-format compliance, language consistency (English) and mean length."""
+def score_completions(completions: list[str], answers: list[str | int], lengths: list[int] | None = None,
+                      levels: list[int | None] | None = None) -> dict:
+    """Accuracy, strict R1-format compliance, language consistency (English) and mean length; with
+    ``levels`` (one per completion) spanning more than one level, also ``accuracy/level_<k>``."""
     n = max(len(completions), 1)
+    correct = [accuracy_reward(c, answer=a) for c, a in zip(completions, answers)]
     out = {
-        "accuracy": sum(accuracy_reward(c, answer=a) for c, a in zip(completions, answers)) / n,
+        "accuracy": sum(correct) / n,
         "format": sum(format_reward(c) for c in completions) / n,
         "language": sum(language_consistency_reward(c, language="en") for c in completions) / n,
     }
     if lengths is not None:
         out["length"] = sum(lengths) / n
+    distinct = sorted({lv for lv in levels or [] if lv is not None})
+    if len(distinct) > 1:  # accuracy per difficulty level: where a change in accuracy comes from
+        for lv in distinct:
+            hits = [x for x, level in zip(correct, levels) if level == lv]
+            out[f"accuracy/level_{lv}"] = sum(hits) / len(hits)
     return out
 
 
@@ -67,10 +75,5 @@ def evaluate_model(model, tokenizer, problems, *, max_new_tokens: int = 64, batc
                        max_new_tokens=max_new_tokens, temperature=temperature, seed=0)
         texts += out.completions
         lengths += out.response_mask.sum(-1).tolist()
-    scores = score_completions(texts, [p.answer for p in problems], lengths)
-    levels = sorted({lv for p in problems if (lv := getattr(p, "level", None)) is not None})
-    if len(levels) > 1:  # accuracy per difficulty level: where a change in accuracy comes from
-        for lv in levels:
-            idx = [i for i, p in enumerate(problems) if getattr(p, "level", None) == lv]
-            scores[f"accuracy/level_{lv}"] = sum(accuracy_reward(texts[i], answer=problems[i].answer) for i in idx) / len(idx)
-    return scores
+    return score_completions(texts, [p.answer for p in problems], lengths,
+                             [getattr(p, "level", None) for p in problems])

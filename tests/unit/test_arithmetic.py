@@ -155,3 +155,12 @@ def test_held_out_set_fits_small_levels_and_train_never_uses_it():
     held = {p.question for p in arithmetic_eval_set([1])}
     train = arithmetic_train_problems(500, [1])
     assert len(held) == 50 and not held & {p.question for p in train}
+
+
+def test_score_completions_reports_accuracy_per_level():
+    from alignkit.evaluation import score_completions
+
+    scores = score_completions(["<answer>3</answer>", "5", "7"], [3, 5, 8], levels=[1, 2, 2])
+    assert scores["accuracy"] == pytest.approx(2 / 3)
+    assert scores["accuracy/level_1"] == 1.0 and scores["accuracy/level_2"] == 0.5
+    assert "accuracy/level_1" not in score_completions(["3"], [3], levels=[1])  # one level: no breakdown
