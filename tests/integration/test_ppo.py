@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import alignkit.rewards as rewards_module
 from alignkit.advantages import gae, whiten
 from alignkit.config import load_config
 from alignkit.losses import AdaptiveKLController, ppo_policy_loss, value_loss
@@ -37,17 +38,17 @@ def critic_weights(run_dir):
 
 def test_one_iteration_by_hand_equals_the_recipe(tmp_path, monkeypatch):
     captured = {}
-    real_score, real_adv = ppo.score_rollouts, ppo.compute_advantages
+    real_score, real_adv = rewards_module.score_with_model, ppo.compute_advantages
 
-    def spy_score(completions, examples, *args):
+    def spy_score(completions, examples, *args, **kw):
         captured["completions"], captured["examples"] = completions, examples
-        return real_score(completions, examples, *args)
+        return real_score(completions, examples, *args, **kw)
 
     def spy_adv(batch, **kw):
         captured["batch"] = real_adv(batch, **kw)
         return captured["batch"]
 
-    monkeypatch.setattr(ppo, "score_rollouts", spy_score)
+    monkeypatch.setattr(rewards_module, "score_with_model", spy_score)  # the recipe imports it at run time
     monkeypatch.setattr(ppo, "compute_advantages", spy_adv)
     ppo.run(cfg_for(tmp_path, "it", "train.steps=1", "loss.micro_batch_size=3", "kl.beta=0.1",
                     "rollout.temperature=0.9", "loss.value_clip=0.2", "optim.lr=1e-3"))

@@ -237,14 +237,6 @@ class PPOBatch:
         return ids, attn, pos, index.to(ids.device)
 
 
-def score_rollouts(completions, examples, prompts_text, rewards, reward_model, cfg: RLRewardSection) -> list:
-    """Rule-based components (registry scorer) plus the reward model's score as component ``model``."""
-    from alignkit.rewards import score_with_model
-
-    return score_with_model(completions, examples, prompts_text, rewards, reward_model,
-                            model_weight=cfg.model_weight, success_key=cfg.success_key)
-
-
 def policy_forward(model, batch: PPOBatch, rows, *, temperature: float, entropy: bool = False, head=None,
                    packing: bool = True):
     """Completion logprobs [R, C] (and entropies, and the shared head's values) of ``rows``; 0 past each
@@ -430,7 +422,7 @@ def run(cfg: PPOConfig) -> dict:
     """Train per ``cfg``; writes <output.dir>/<output.name>/ like every recipe (plus critic/); returns a summary."""
     from alignkit.evaluation import evaluate_model
     from alignkit.models import load_policy
-    from alignkit.rewards import build_rewards, reward_metrics
+    from alignkit.rewards import build_rewards, reward_metrics, score_with_model
     from alignkit.rollout import generate
 
     acc = setup_accelerator(cfg.train.precision)
@@ -533,8 +525,9 @@ def run(cfg: PPOConfig) -> dict:
                                seed=cfg.train.seed * 100003 + step * 97 + rank, backend=cfg.rollout.backend)
             with timer("score"):
                 g = cfg.rollout.samples_per_prompt
-                scored = score_rollouts(out.completions, [p[2] for p in prompts for _ in range(g)],
-                                        [p[1] for p in prompts for _ in range(g)], rewards, reward_model, cfg.reward)
+                scored = score_with_model(out.completions, [p[2] for p in prompts for _ in range(g)],
+                                          [p[1] for p in prompts for _ in range(g)], rewards, reward_model,
+                                          model_weight=cfg.reward.model_weight, success_key=cfg.reward.success_key)
                 valid = torch.tensor([s.ok for s in scored])
                 batch = PPOBatch(out.prompt_ids, out.prompt_mask, out.completion_ids,
                                  out.response_mask * valid[:, None].to(out.response_mask.device),
