@@ -138,6 +138,8 @@ def test_trained_reward_model_is_a_reward_component(tmp_path):
     logged = rows(tmp_path / "rm-grpo")[1]
     assert logged["reward/model"] != 0.0 and "reward/success_rate" in logged
     assert logged["reward/total"] == pytest.approx(logged["reward/accuracy"] + 0.5 * logged["reward/model"], abs=1e-6)
+    with pytest.raises(FileNotFoundError, match="reward model directory not found or has no config.json: .*nope"):
+        grpo.run(cfg_for(tmp_path, "rm-missing", "train.steps=1", f"reward.model={tmp_path / 'nope'}"))
 
 
 def test_time_limit_ends_the_run_with_a_final_evaluation(tmp_path):
@@ -146,6 +148,10 @@ def test_time_limit_ends_the_run_with_a_final_evaluation(tmp_path):
     assert summary["steps"] == 1 and summary["time_limit_reached"] and not summary["interrupted"]
     assert "eval/accuracy" in logged[-1] and logged[-1]["step"] == 1  # evaluated at the step it stopped
     assert (tmp_path / "tl" / "final" / "model.safetensors").is_file()
+    from alignkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'train\.time_limit_s': Input should be greater than 0"):
+        cfg_for(tmp_path, "bad", "train.time_limit_s=0")
 
 
 def test_health_warnings_name_each_metric_out_of_range():
