@@ -4,6 +4,7 @@ reward and wall-clock budget, on CPU, in one invocation. Results go in docs/benc
     .venv/bin/python benchmarks/grpo_vs_trl.py                     # both sides, 120 s of training each
     .venv/bin/python benchmarks/grpo_vs_trl.py --quick             # smoke run: 20 s each
     .venv/bin/python benchmarks/grpo_vs_trl.py --budget 300 --out grpo.json
+    .venv/bin/python benchmarks/grpo_vs_trl.py --budget 60 --repeats 2 --flops   # + each side's matmul floor
 
 TRL runs in its own virtual environment (it must not change the pinned packages of .venv):
 
@@ -224,12 +225,12 @@ def child_trl(args) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 # Parent
 # ----------------------------------------------------------------------------------------------------------
-def run_child(side: str, args) -> dict:
+def run_child(side: str, args, flops: bool = False) -> dict:
     python = str(TRL_PYTHON) if side == "trl" else sys.executable
     cmd = [python, __file__, "--child", side, "--work", args.work, "--budget", str(args.budget),
            "--max-steps", str(args.max_steps), "--prompts", str(args.prompts), "--group-size", str(args.group_size),
            "--max-new-tokens", str(args.max_new_tokens), "--beta", str(args.beta), "--lr", str(args.lr),
-           "--n-train", str(args.n_train), "--threads", str(args.threads)]
+           "--n-train", str(args.n_train), "--threads", str(args.threads)] + (["--flops"] if flops else [])
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_CACHE": str(Path(args.work) / "hf-cache"),
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -281,6 +282,10 @@ def main() -> None:
                     help="runs per side, the order alternating (ABBA...); medians over runs reported (default 1)")
     ap.add_argument("--quick", action="store_true", help="smoke run: --budget 20, --repeats 1 (other settings unchanged)")
     ap.add_argument("--out", type=Path, help="also write the results (with every step's numbers) as JSON here")
+    ap.add_argument("--flops", action="store_true",
+                    help="after the timed runs, one more run per side, as many steps as its timed runs, counting its "
+                         "matmul FLOPs: each side's arithmetic floor on this CPU and the largest speedup it allows "
+                         "(benchmarks/_flops.py); that run's times are not used")
     ap.add_argument("--child", choices=["alignkit", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -288,7 +293,16 @@ def main() -> None:
         sys.exit("TRL's side is set up as 2 micro-batches of 64: --prompts x --group-size must be 128")
 
     if args.child:
-        result = (child_trl if args.child == "trl" else child_alignkit)(args)
+        child = child_trl if args.child == "trl" else child_alignkit
+        if args.flops:
+            from _flops import counting
+
+            counted: dict = {}
+            with counting(counted):
+                result = child(args)
+            result = {**result, **counted, "units": len(result["steps"])}
+        else:
+            result = child(args)
         print(json.dumps({**result, "peak_rss_mib": peak_rss_mib()}))
         return
     if args.quick:
@@ -318,6 +332,11 @@ def main() -> None:
                 print(f"  run {rep + 1} {side}: {r['steps']} steps in {r['train_s']:.1f} s, {r['s_per_step']:.3f} s/step, "
                       f"{r['cpu_s_per_step']:.3f} CPU-s/step, reward @budget {r['reward_last']:.3f}", flush=True)
         load_after = os.getloadavg()
+        counted = {}
+        for side in sides if args.flops else []:  # as many steps as the side's timed runs (median), no budget
+            steps = int(statistics.median(r["steps"] for r in runs[side]))
+            counted[side] = run_child(side, argparse.Namespace(**{**vars(args), "budget": 1e9, "max_steps": steps}),
+                                      flops=True)
     cols = ("s_per_step", "cpu_s_per_step", "gen_s_per_step", "gen_tok_per_s", "step_tok_per_s", "tokens_per_step",
             "peak_rss_mib", "reward_first", "reward_last", "steps")
     results = {side: {c: statistics.median(r[c] for r in rs) for c in cols} for side, rs in runs.items()}
@@ -346,10 +365,18 @@ def main() -> None:
     for side, r in results.items():
         if r.get("phases_median_s"):
             print(f"{side} phases (median s/step): " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in r["phases_median_s"].items()))
+    floor = {}
+    if counted:
+        from _flops import floor_lines, matmul_rate
+
+        rate = matmul_rate(args.threads)
+        floor = {"rate_gflops": rate, **{side: {k: c[k] for k in ("matmul_flops", "flops_by_op", "units")}
+                                         for side, c in counted.items()}}
+        print("\n" + "\n".join(floor_lines("step", counted, {s: r["s_per_step"] for s, r in results.items()}, rate)))
     if args.out:
         args.out.write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "out"},
                                         "load_before": load, "load_after": load_after, "results": results,
-                                        "ratios": ratios, "runs": runs}, indent=1, default=str))
+                                        "ratios": ratios, "runs": runs, "floor": floor}, indent=1, default=str))
 
 
 if __name__ == "__main__":

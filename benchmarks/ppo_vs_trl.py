@@ -4,6 +4,7 @@ to TRL 1.12) on the same tiny models, prompts, lengths and epochs, on CPU. Resul
 
     .venv/bin/python benchmarks/ppo_vs_trl.py                          # 3 alternating runs per side
     .venv/bin/python benchmarks/ppo_vs_trl.py --iterations 4 --repeats 1   # quicker
+    .venv/bin/python benchmarks/ppo_vs_trl.py --flops                      # + each side's matmul floor
 
 TRL removed its PPO trainer after 1.12, so TRL runs in its own virtual environment (it must not change the
 pinned packages of .venv; torch pinned on the same line so pip keeps the CPU build):
@@ -184,11 +185,11 @@ def child_trl(args) -> dict:
             "response_length": statistics.mean(gen_lengths), "reward": [round(float(x["objective/scores"]), 3) for x in history]}
 
 
-def run_child(side: str, args) -> dict:
+def run_child(side: str, args, flops: bool = False) -> dict:
     python = str(TRL_PYTHON) if side == "trl" else sys.executable
     cmd = [python, __file__, "--child", side, "--work", args.work, "--iterations", str(args.iterations),
            "--batch", str(args.batch), "--minibatches", str(args.minibatches),
-           "--response-length", str(args.response_length), "--threads", str(args.threads)]
+           "--response-length", str(args.response_length), "--threads", str(args.threads)] + (["--flops"] if flops else [])
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false",
            "HF_DATASETS_CACHE": str(Path(args.work) / "hf-cache"), "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -206,12 +207,25 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads of each side")
     ap.add_argument("--repeats", type=int, default=3, help="runs per side (median reported)")
     ap.add_argument("--out", type=Path, help="also write the results as JSON here")
+    ap.add_argument("--flops", action="store_true",
+                    help="after the timed runs, one more run per side counting its matmul FLOPs: "
+                         "each side's arithmetic floor on this CPU and the largest speedup it allows "
+                         "(benchmarks/_flops.py); that run's times are not used")
     ap.add_argument("--child", choices=["alignkit", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.child:
-        result = (child_trl if args.child == "trl" else child_alignkit)(args)
+        child = child_trl if args.child == "trl" else child_alignkit
+        if args.flops:
+            from _flops import counting
+
+            counted: dict = {}
+            with counting(counted):
+                result = child(args)
+            result = {**result, **counted, "units": result["iterations"]}
+        else:
+            result = child(args)
         print(json.dumps({**result, "peak_rss_mib": peak_rss_mib()}))
         return
     if not TRL_PYTHON.exists():
@@ -241,6 +255,7 @@ def main() -> None:
                 "iterations": rs[0]["iterations"], "runs_loop_s": [round(r["loop_s"], 2) for r in rs],
                 "response_length": rs[0]["response_length"], "reward_first_run": rs[0]["reward"],
             }
+        counted = {side: run_child(side, args, flops=True) for side in ("trl", "alignkit")} if args.flops else {}
         a, t = table["alignkit"], table["trl"]
         table["speedup"] = t["s_per_iteration"] / a["s_per_iteration"]
         table["cpu_speedup"] = t["cpu_s_per_iteration"] / a["cpu_s_per_iteration"]
@@ -254,6 +269,14 @@ def main() -> None:
               f"{t['response_length']:.2f}")
         print(f"  mean reward-model score per iteration (first run) alignkit {a['reward_first_run']} / TRL "
               f"{t['reward_first_run']}")
+        if counted:
+            from _flops import floor_lines, matmul_rate
+
+            rate = matmul_rate(args.threads)
+            table["floor"] = {"rate_gflops": rate, **{side: {k: c[k] for k in ("matmul_flops", "flops_by_op", "units")}
+                                                      for side, c in counted.items()}}
+            print("\n" + "\n".join(floor_lines("iteration", counted, {s: table[s]["s_per_iteration"] for s in counted},
+                                                rate)))
         if args.out:
             args.out.write_text(json.dumps(table, indent=1))
 
