@@ -39,8 +39,8 @@ def _rules() -> dict:
 def counting(out: dict):
     """Count the matmul FLOPs (attention included, forward and backward) of every op the block runs; on exit put
     the total and the per-op totals into ``out``. A counter per op, not a trace: memory stays flat however long
-    the run (``torch.profiler`` with ``with_flops`` keeps every event: a 60 s TRL run under it was killed,
-    rc -9). Not ``FlopCounterMode`` itself: its module tracker fails on the rollout's no-grad forwards."""
+    the run (``torch.profiler`` with ``with_flops`` keeps every event: a 60 s TRL run under it grew to 24 GB
+    and the OOM killer ended it). Not ``FlopCounterMode`` itself: its module tracker fails on the rollout's no-grad forwards."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     rules, counts = _rules(), Counter()
