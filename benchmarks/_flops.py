@@ -10,7 +10,8 @@ model's own shapes (fp32, the benchmark's thread count):
     bound = (other side's measured step) / floor   the largest speedup this many FLOPs allow
 
 Not counted: elementwise work (norms, activations, softmax, the optimizer). R is the best rate of large, warm
-products; the model's own multiplies run below it. So a floor is, if anything, low and a bound high. The counting run is slower (every op goes through the counter); its times are not used.
+products; the model's own multiplies run below it. So a floor is, if anything, low and a bound high. The
+counting run is slower (every op goes through the counter); its times are not used.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def counting(out: dict):
     """Count the matmul FLOPs (attention included, forward and backward) of every op the block runs; on exit put
     the total and the per-op totals into ``out``. A counter per op, not a trace: memory stays flat however long
     the run (``torch.profiler`` with ``with_flops`` keeps every event: a 60 s TRL run under it grew to 24 GB
-    and the OOM killer ended it). Not ``FlopCounterMode`` itself: its module tracker fails on the rollout's no-grad forwards."""
+    and the OOM killer ended it). Not ``FlopCounterMode`` itself: its module tracker fails on the rollout's
+    no-grad forwards."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     rules, counts = _rules(), Counter()
