@@ -61,14 +61,29 @@ def counting(out: dict):
     out["flops_by_op"] = {op: float(n) for op, n in counts.items()}
 
 
-def matmul_rate(threads: int, hidden: int = 96, inter: int = 384, vocab: int = 267, rows: int = 2048,
-                repeats: int = 20) -> float:
-    """fp32 GFLOP/s of ``[rows, in] @ [in, out]`` on the model's projection shapes, the best shape's median."""
+def counted_run(child, args, units) -> dict:
+    """A benchmark child run with its FLOPs counted: ``child(args)``'s result plus matmul_flops, flops_by_op
+    and ``units`` (``units(result)``: the steps or iterations it ran)."""
+    counted: dict = {}
+    with counting(counted):
+        result = child(args)
+    return {**result, **counted, "units": units(result)}
+
+
+def matmul_rate(threads: int, rows: int = 2048, repeats: int = 20) -> float:
+    """fp32 GFLOP/s of ``[rows, in] @ [in, out]`` on the bundled tiny model's projection shapes (both
+    benchmarks' model), the best shape's median over ``repeats`` warm calls."""
+    import json
+
     import torch
 
+    from alignkit.models.policy import BUNDLED_DIR
+
+    config = json.loads((BUNDLED_DIR / "config.json").read_text())
+    h, inter, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
     torch.set_num_threads(threads)
     best = 0.0
-    for k, n in ((hidden, 3 * hidden), (hidden, hidden), (hidden, 2 * inter), (inter, hidden), (hidden, vocab)):
+    for k, n in ((h, 3 * h), (h, h), (h, 2 * inter), (inter, h), (h, vocab)):
         a, b = torch.randn(rows, k), torch.randn(k, n)
         for _ in range(3):
             a @ b
@@ -79,6 +94,14 @@ def matmul_rate(threads: int, hidden: int = 96, inter: int = 384, vocab: int = 2
             times.append(time.perf_counter() - t)
         best = max(best, 2 * rows * k * n / statistics.median(times) / 1e9)
     return best
+
+
+def floor_report(unit: str, counted: dict[str, dict], measured: dict[str, float], threads: int) -> dict:
+    """Measure the matmul rate, print the floor table (``floor_lines``) and return what goes in the JSON."""
+    rate = matmul_rate(threads)
+    print("\n" + "\n".join(floor_lines(unit, counted, measured, rate)))
+    return {"rate_gflops": rate, **{side: {k: c[k] for k in ("matmul_flops", "flops_by_op", "units")}
+                                    for side, c in counted.items()}}
 
 
 def floor_lines(unit: str, flops: dict[str, dict], measured: dict[str, float], rate: float, bar: float = 3.0) -> list[str]:

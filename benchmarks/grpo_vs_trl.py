@@ -295,12 +295,9 @@ def main() -> None:
     if args.child:
         child = child_trl if args.child == "trl" else child_alignkit
         if args.flops:
-            from _flops import counting
+            from _flops import counted_run
 
-            counted: dict = {}
-            with counting(counted):
-                result = child(args)
-            result = {**result, **counted, "units": len(result["steps"])}
+            result = counted_run(child, args, lambda r: len(r["steps"]))
         else:
             result = child(args)
         print(json.dumps({**result, "peak_rss_mib": peak_rss_mib()}))
@@ -367,12 +364,9 @@ def main() -> None:
             print(f"{side} phases (median s/step): " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in r["phases_median_s"].items()))
     floor = {}
     if counted:
-        from _flops import floor_lines, matmul_rate
+        from _flops import floor_report
 
-        rate = matmul_rate(args.threads)
-        floor = {"rate_gflops": rate, **{side: {k: c[k] for k in ("matmul_flops", "flops_by_op", "units")}
-                                         for side, c in counted.items()}}
-        print("\n" + "\n".join(floor_lines("step", counted, {s: r["s_per_step"] for s, r in results.items()}, rate)))
+        floor = floor_report("step", counted, {s: r["s_per_step"] for s, r in results.items()}, args.threads)
     if args.out:
         args.out.write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "out"},
                                         "load_before": load, "load_after": load_after, "results": results,

@@ -218,12 +218,9 @@ def main() -> None:
     if args.child:
         child = child_trl if args.child == "trl" else child_alignkit
         if args.flops:
-            from _flops import counting
+            from _flops import counted_run
 
-            counted: dict = {}
-            with counting(counted):
-                result = child(args)
-            result = {**result, **counted, "units": result["iterations"]}
+            result = counted_run(child, args, lambda r: r["iterations"])
         else:
             result = child(args)
         print(json.dumps({**result, "peak_rss_mib": peak_rss_mib()}))
@@ -270,13 +267,10 @@ def main() -> None:
         print(f"  mean reward-model score per iteration (first run) alignkit {a['reward_first_run']} / TRL "
               f"{t['reward_first_run']}")
         if counted:
-            from _flops import floor_lines, matmul_rate
+            from _flops import floor_report
 
-            rate = matmul_rate(args.threads)
-            table["floor"] = {"rate_gflops": rate, **{side: {k: c[k] for k in ("matmul_flops", "flops_by_op", "units")}
-                                                      for side, c in counted.items()}}
-            print("\n" + "\n".join(floor_lines("iteration", counted, {s: table[s]["s_per_iteration"] for s in counted},
-                                                rate)))
+            table["floor"] = floor_report("iteration", counted, {s: table[s]["s_per_iteration"] for s in counted},
+                                          args.threads)
         if args.out:
             args.out.write_text(json.dumps(table, indent=1))
 

@@ -1,12 +1,14 @@
 """benchmarks/_flops.py: the matmul FLOP count behind the benchmarks' arithmetic floor, checked by hand."""
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _flops import counting, floor_lines  # noqa: E402
+_spec = importlib.util.spec_from_file_location("_flops", Path(__file__).resolve().parents[2] / "benchmarks" / "_flops.py")
+_flops = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_flops)
+counting, floor_lines = _flops.counting, _flops.floor_lines
 
 
 def test_counting_forward_and_backward_matmuls():
@@ -43,3 +45,16 @@ def test_floor_lines_bound():
     assert "0.050" in lines[3] and "25%" in lines[3]
     assert lines[-1].startswith("  zero-overhead bound on alignkit's speedup: 12.00x; 3x needs alignkit's step in "
                                 "0.200 s, of which its matmuls alone take 0.050 s (25%)")
+
+
+def test_counted_run_and_floor_report(capsys):
+    def child(args):  # a stand-in benchmark child: two "steps" of one [8, 4] @ [4, 2] product each
+        for _ in range(2):
+            torch.randn(8, 4) @ torch.randn(4, 2)
+        return {"steps": [0.1, 0.1], "args": args}
+
+    run = _flops.counted_run(child, "a", lambda r: len(r["steps"]))
+    assert run["args"] == "a" and run["units"] == 2 and run["matmul_flops"] == 2 * (2 * 8 * 4 * 2)
+    report = _flops.floor_report("step", {"alignkit": run}, {"alignkit": 0.1}, threads=1)
+    assert report["rate_gflops"] > 0 and report["alignkit"] == {k: run[k] for k in ("matmul_flops", "flops_by_op", "units")}
+    assert "alignkit" in capsys.readouterr().out
