@@ -35,6 +35,8 @@ Timing: ``s/iteration`` = the training loop's wall time / iterations (TRL: ``tra
 ``run``'s ``wall_s``), model loading and library imports left out on both sides; ``CPU s/iteration`` the same
 span in process CPU time (less sensitive to other load on a shared machine). Peak memory: the child process's
 own peak RSS (``ru_maxrss``), each side in its own subprocess. Sides alternate, ``--repeats`` times; medians.
+alignkit's phases (the recipe's ``time/*`` metrics: generate, score, logprobs, advantages, update) are printed
+as medians per iteration over all its runs.
 Mean response length is reported per side (both sample from the same model at the same temperature, so the
 generation work is the same in distribution, not token for token).
 """
@@ -121,7 +123,8 @@ def child_alignkit(args) -> dict:
     rows = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()][1:]
     return {"loop_s": summary["wall_s"], "cpu_s": cpu, "iterations": len(rows),
             "response_length": statistics.mean(r["completion/length"] for r in rows),
-            "reward": [round(r["reward/total"], 3) for r in rows]}
+            "reward": [round(r["reward/total"], 3) for r in rows],
+            "phases": {k: statistics.median(r[k] for r in rows) for k in rows[0] if k.startswith("time/")}}
 
 
 def child_trl(args) -> dict:
@@ -252,6 +255,8 @@ def main() -> None:
                 "iterations": rs[0]["iterations"], "runs_loop_s": [round(r["loop_s"], 2) for r in rs],
                 "response_length": rs[0]["response_length"], "reward_first_run": rs[0]["reward"],
             }
+            if "phases" in rs[0]:  # alignkit's recipe times its phases (median per iteration, over all runs)
+                table[side]["phases_median_s"] = {k: statistics.median(r["phases"][k] for r in rs) for k in rs[0]["phases"]}
         counted = {side: run_child(side, args, flops=True) for side in ("trl", "alignkit")} if args.flops else {}
         a, t = table["alignkit"], table["trl"]
         table["speedup"] = t["s_per_iteration"] / a["s_per_iteration"]
@@ -266,6 +271,8 @@ def main() -> None:
               f"{t['response_length']:.2f}")
         print(f"  mean reward-model score per iteration (first run) alignkit {a['reward_first_run']} / TRL "
               f"{t['reward_first_run']}")
+        print("  alignkit phases (median s/iteration): " + ", ".join(
+            f"{k.removeprefix('time/')} {v:.3f}" for k, v in sorted(a["phases_median_s"].items())))
         if counted:
             from _flops import floor_report
 
