@@ -16,7 +16,8 @@ bundled model, one thread:
    kernels. The prompts are real arithmetic prompts; the completions are seeded random tokens whose lengths
    average ``--mean-length`` (14 = the benchmark's steady state, ~1,800 tokens per step): the forward's cost
    depends on lengths, not on which tokens. Compile time is reported apart; steady-state times are medians,
-   eager and compiled interleaved.
+   eager and compiled interleaved. The eager update is also timed at other micro-batch sizes
+   (``--micro-sizes``): a fixed cost per call would make small micro-batches slower.
 2. PPO: one minibatch of ppo_vs_trl.py (8 sequences of prompt + 6 completion tokens, packed into one row)
    through transformers' ``model.forward`` (what ``alignkit ppo`` and TRL both run, twice per minibatch:
    policy and critic) against ``lean_forward``: the same weights and operations, functional, with none of the
@@ -80,9 +81,10 @@ def grpo_probe(args) -> dict:
     model, tokenizer = load_policy(ModelSection(path="bundled"))
     batch = grpo_batch(tokenizer, prompts=16, group=8, max_len=40, mean_length=args.mean_length, seed=0)
     rows = batch["prompt_ids"].shape[0]
-    micro = [slice(i, i + 64) for i in range(0, rows, 64)]
 
-    def passes(fn):
+    def passes(fn, size: int = 64):  # the reference pass and the update over micro-batches of `size` rows
+        micro = [slice(i, i + size) for i in range(0, rows, size)]
+
         def ref():
             with torch.no_grad():
                 for s in micro:
@@ -97,6 +99,12 @@ def grpo_probe(args) -> dict:
     eager_ref, eager_update = passes(grouped.grouped_completion_logprobs)
     out = {"tokens": int(batch["completion_mask"].sum()), "rows": rows,
            "prompt_width": batch["prompt_ids"].shape[1], "completion_width": batch["completion_ids"].shape[1]}
+    sizes = [int(x) for x in args.micro_sizes.split(",") if x.strip()]
+    by_size: dict[int, list[float]] = {}
+    for _ in range(args.rounds):  # eager update by micro-batch size, interleaved: a cost per call would show here
+        for size in sizes:
+            by_size.setdefault(size, []).append(median_ms(passes(grouped.grouped_completion_logprobs, size)[1], args.repeats))
+    out["eager_update_ms_by_micro_batch"] = {size: statistics.median(v) for size, v in by_size.items()}
     if args.no_compile:
         out.update(eager_ref_ms=median_ms(eager_ref, args.repeats), eager_update_ms=median_ms(eager_update, args.repeats))
         return out
@@ -250,6 +258,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--probes", default="grpo,ppo", help="comma-separated: grpo, ppo")
     ap.add_argument("--no-compile", action="store_true", help="GRPO probe: eager times only (skips ~4 min of compiling)")
     ap.add_argument("--mean-length", type=float, default=14.0, help="GRPO probe: mean completion length (tokens)")
+    ap.add_argument("--micro-sizes", default="32,64,128",
+                    help="GRPO probe: micro-batch sizes (rows) at which the eager update is also timed")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
     ap.add_argument("--repeats", type=int, default=7, help="timed calls per round and case (x4 for the PPO probe)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -269,6 +279,8 @@ def main(argv=None) -> dict:
                 line += (f" | compiled {g[f'compiled_{name}_ms']:7.1f} ms ({g[f'eager_{name}_ms'] / g[f'compiled_{name}_ms']:.2f}x)"
                          f" | compile {g[f'compile_{name}_s']:.0f} s")
             print(line)
+        print("  eager update by micro-batch size: " + ", ".join(
+            f"{size} rows {ms:.1f} ms" for size, ms in g["eager_update_ms_by_micro_batch"].items()))
     if "ppo" in probes:
         p = result["ppo"] = ppo_probe(args)
         print(f"PPO minibatch, {p['tokens']} packed tokens (lean vs model.forward max |diff| {p['max_abs_diff']:.1e}):")

@@ -2,6 +2,7 @@
 benchmark's layout (so the times it prints compare like with like)."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
@@ -78,3 +79,14 @@ def test_lean_hidden_of_two_trunks_is_each_trunk_alone():
     assert not torch.allclose(both[0], both[1])
     for name, p in [*model.model.named_parameters(), *critic.trunk.named_parameters(prefix="c")]:
         torch.testing.assert_close(grads[name], p.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_main_runs_both_probes_without_compiling(tmp_path, capsys):
+    out = tmp_path / "probe.json"
+    result = probe.main(["--no-compile", "--rounds", "1", "--repeats", "1", "--micro-sizes", "64,128", "--out", str(out)])
+    g, p = result["grpo"], result["ppo"]
+    assert g["rows"] == 128 and set(g["eager_update_ms_by_micro_batch"]) == {64, 128}
+    assert g["eager_ref_ms"] > 0 and g["eager_update_ms"] > 0 and "compiled_update_ms" not in g
+    assert p["max_abs_diff"] <= 1e-4 and p["lean_pair_forward_backward_ms"] > 0
+    assert json.loads(out.read_text())["grpo"]["eager_update_ms_by_micro_batch"].keys() == {"64", "128"}
+    assert "eager update by micro-batch size: 64 rows" in capsys.readouterr().out
