@@ -1,16 +1,21 @@
 """`generate`: the one entry point every sampler in alignkit goes through (GRPO, PPO, rejection sampling,
 on-policy distillation, evaluation).
 
-Prompts are token-id lists (already chat-rendered: pass `tokenizer.apply_chat_template(...,
-add_generation_prompt=True)`) or strings, tokenized as-is: no chat template and no special tokens added
-(`add_special_tokens=False`, so a BOS the model needs must be in the text, as a rendered chat template
-puts it). The model is put in eval mode for the call and restored after.
+Prompts come in three forms, mixed freely in one call:
+
+- chat messages (a list of ``{"role": ..., "content": ...}`` dicts): rendered with the tokenizer's chat
+  template and the generation prompt (``apply_chat_template(..., add_generation_prompt=True)``);
+- strings, tokenized as-is: no chat template and no special tokens added (``add_special_tokens=False``, so a
+  BOS the model needs must be in the text, as a rendered chat template puts it);
+- token-id lists (or 1-D tensors), used as given.
+
+The model is put in eval mode for the call and restored after.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -46,7 +51,7 @@ def generate(
     Args:
         model: a transformers causal LM (native, hf) or a `vllm.LLM` / model path (vllm).
         tokenizer: its tokenizer (pad id: `pad_token_id`, else the EOS id); decodes the completions.
-        prompts: N prompts, each a string or a list of token ids (see module docstring).
+        prompts: N prompts, each chat messages, a string or a list of token ids (see module docstring).
         num_samples: G >= 1 samples per prompt.
         max_new_tokens: most tokens generated per row; prompt + max_new_tokens must fit the model's context.
         temperature: T > 0 samples from softmax(logits / T); 0 is greedy.
@@ -128,19 +133,43 @@ def _check_stop(stop: str | Sequence[str] | None) -> tuple[str, ...]:
     return stops
 
 
+def _is_chat(prompt) -> bool:
+    return isinstance(prompt, Sequence) and not isinstance(prompt, str) and len(prompt) > 0 and all(
+        isinstance(m, Mapping) for m in prompt)
+
+
+def render_chat(tokenizer, messages, index: int = 0) -> list[int]:
+    """Chat messages -> token ids through the tokenizer's chat template, generation prompt added."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"prompt {index} is chat messages but the tokenizer has no chat template: set "
+                         "model.chat_template (a Jinja file or string) or pass rendered strings / token ids")
+    ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, Mapping):  # transformers 5 returns a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
 def _encode_prompts(tokenizer, prompts) -> list[list[int]]:
-    """Strings -> ids (as-is, no special tokens); id lists are checked. Errors name the prompt index."""
-    if isinstance(prompts, (str, torch.Tensor)) or not isinstance(prompts, Sequence):
-        raise TypeError("prompts must be a list of strings or of token-id lists (wrap a single prompt in a list)")
+    """Chat messages -> ids through the chat template; strings -> ids (as-is, no special tokens); id lists are
+    checked. Errors name the prompt index."""
+    if isinstance(prompts, (str, torch.Tensor)) or not isinstance(prompts, Sequence) or _is_chat(prompts):
+        raise TypeError("prompts must be a list of prompts, each chat messages, a string or a token-id list "
+                        "(wrap a single prompt in a list)")
     if len(prompts) == 0:
         raise ValueError("prompts is empty: generate needs at least one prompt")
     out = []
     for i, p in enumerate(prompts):
-        ids = tokenizer(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else p
+        if isinstance(p, str):
+            ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        elif _is_chat(p):
+            ids = render_chat(tokenizer, p, i)
+        else:
+            ids = p
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
         if not isinstance(ids, Sequence) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
-            raise TypeError(f"prompt {i} must be a string or a flat list of int token ids, got {type(p).__name__}")
+            raise TypeError(f"prompt {i} must be chat messages, a string or a flat list of int token ids, "
+                            f"got {type(p).__name__}")
         if len(ids) == 0:
             raise ValueError(f"prompt {i} is empty (no tokens): every prompt needs at least one token")
         out.append(list(ids))

@@ -155,10 +155,20 @@ def _decode_fn(model, compile: bool):
     return lambda **kw: compiled(model, **kw)
 
 
-def _last_logits(fn, keep_last: bool, **inputs) -> torch.Tensor:
-    """One forward -> logits of the last position [A, V]."""
+def _cache_keyword(model) -> str:
+    """The forward's name for the KV cache: ``cache`` where transformers has it (``past_key_values`` is
+    deprecated there, to be removed in 5.40), else ``past_key_values``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _last_logits(fn, keep_last: bool, cache_kw: str = "past_key_values", **inputs) -> torch.Tensor:
+    """One forward -> logits of the last position [A, V]; ``inputs["past_key_values"]`` is passed under
+    ``cache_kw``."""
     if keep_last:
         inputs["logits_to_keep"] = 1
+    if "past_key_values" in inputs and cache_kw != "past_key_values":
+        inputs[cache_kw] = inputs.pop("past_key_values")
     return fn(**inputs, use_cache=True).logits[:, -1, :]
 
 
@@ -188,6 +198,7 @@ def generate_native(
     input_ids, prompt_mask = left_pad(prompts, pad_token_id, device)
     batch, width = len(prompts) * group, input_ids.shape[1]
     keep_last = _supports_logits_to_keep(model)
+    cache_kw = _cache_keyword(model)
     positions = (prompt_mask.cumsum(-1) - 1).clamp_(min=0)
     decoder = FastDecoder(model, width + budget) if fast and not compile and FastDecoder.supports(model) else None
     if decoder is not None:
@@ -195,7 +206,7 @@ def generate_native(
         cache = None
     else:
         cache = _new_cache(model, width + budget)
-        logits = _last_logits(model.forward, keep_last, input_ids=input_ids, attention_mask=prompt_mask,
+        logits = _last_logits(model.forward, keep_last, cache_kw, input_ids=input_ids, attention_mask=prompt_mask,
                               position_ids=positions, past_key_values=cache)
     if group > 1:
         if decoder is None:
@@ -243,12 +254,12 @@ def generate_native(
         if compile:  # static shapes: all B rows, finished ones fed their last token and ignored
             feed.index_copy_(0, rows, tokens)
             mask[:, width + step] = 1
-            logits = _last_logits(step_fn, keep_last, input_ids=feed[:, None], attention_mask=mask,
+            logits = _last_logits(step_fn, keep_last, cache_kw, input_ids=feed[:, None], attention_mask=mask,
                                   position_ids=next_pos, past_key_values=cache)[rows]
         elif decoder is not None:
             logits = decoder.step(tokens, next_pos[:, 0])
         else:
-            logits = _last_logits(step_fn, keep_last, input_ids=tokens[:, None],
+            logits = _last_logits(step_fn, keep_last, cache_kw, input_ids=tokens[:, None],
                                   attention_mask=mask[:, :width + steps], position_ids=next_pos,
                                   past_key_values=cache)
         next_pos = next_pos + 1
