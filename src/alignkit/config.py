@@ -38,11 +38,36 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """The first line of a YAML error's own description (without PyYAML's multi-line context)."""
+    problem = getattr(err, "problem", None) or getattr(err, "context", None) or str(err)
+    return " ".join(str(problem).split())
+
+
 def _split_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like key.subkey=value")
     key, raw = item.split("=", 1)
-    return key.strip(), (yaml.safe_load(raw) if raw.strip() else "")
+    try:
+        return key.strip(), (yaml.safe_load(raw) if raw.strip() else "")
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(err)})") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; ConfigError (one line naming the file and line) if it is not UTF-8 or not YAML."""
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = p.read_bytes()[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{p}:{line}: not UTF-8 text (byte 0x{err.object[err.start]:02x})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+        raise ConfigError(f"{where}: invalid YAML: {_yaml_problem(err)}") from None
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -106,7 +131,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         source = str(p)
-        loaded = yaml.safe_load(p.read_text()) or {}
+        loaded = read_yaml(p) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
         data = loaded
@@ -188,4 +213,6 @@ class OutputSection(Section):
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0 = only at the end / on SIGTERM)")
     keep_last: int = Field(2, ge=1, description="complete checkpoints kept")
     resume: bool = Field(False, description="continue from the newest complete checkpoint of this run")
+    overwrite: bool = Field(False, description="delete an earlier run in <dir>/<name>/ and start again (without "
+                            "this or resume, a directory holding a run is refused)")
     max_bad_steps: int = Field(5, ge=1, description="stop after this many consecutive non-finite steps")

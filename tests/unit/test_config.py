@@ -50,7 +50,35 @@ def test_missing_config_file_and_cli_exit_code(tmp_path, capsys):
     with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
         load_config(SFTConfig, tmp_path / "nope.yaml")
     assert main(["sft", "-c", str(tmp_path / "nope.yaml")]) == 2
-    assert "config error: config file not found" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("alignkit sft: error: config file not found")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("optim:\n  lr: [1, 2\ntrain:\n  steps: 3\n", r"c\.yaml:3:6: invalid YAML: expected ',' or ']'"),
+        ("optim:\n  lr: 0.1\n\tsteps: 3\n", r"c\.yaml:3:1: invalid YAML: found character '\\t'"),
+        (b"optim:\n  lr: 0.1 # \xff\n", r"c\.yaml:2: not UTF-8 text \(byte 0xff\)"),
+    ],
+)
+def test_malformed_yaml_names_the_file_and_line(tmp_path, text, message):
+    p = tmp_path / "c.yaml"
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(SFTConfig, p)
+    assert "\n" not in str(err.value)
+
+
+def test_override_with_malformed_yaml_value_is_one_line():
+    with pytest.raises(ConfigError, match=r"override 'optim.betas=\[0.9': the value is not valid YAML") as err:
+        load_config(SFTConfig, None, ["optim.betas=[0.9"])
+    assert "\n" not in str(err.value)
+
+
+def test_output_overwrite_defaults_off():
+    cfg = load_config(SFTConfig, None, [])
+    assert cfg.output.overwrite is False and cfg.output.resume is False
+    assert load_config(SFTConfig, None, ["output.overwrite=true"]).output.overwrite is True
 
 
 def test_help_lists_every_option_with_default(capsys):

@@ -119,12 +119,30 @@ def export_model(model):
 
 
 class NonFiniteGuard:
-    """Skips a step whose loss or gradient norm is not finite; too many in a row stop the run."""
+    """Skips a step whose loss or gradient norm is not finite; too many in a row stop the run.
 
-    def __init__(self, max_consecutive: int):
+    ``in_bad_streak``: the last checked step was skipped; ``save_checkpoint(..., guards=[guard])`` writes nothing
+    then, so the newest checkpoint is the last good one, which the error names (``run_dir``: where to look)."""
+
+    def __init__(self, max_consecutive: int, *, run_dir: str | Path | None = None):
         self.max_consecutive = max_consecutive
+        self.run_dir = run_dir
         self.consecutive = 0
         self.total = 0
+
+    @property
+    def in_bad_streak(self) -> bool:
+        return self.consecutive > 0
+
+    def _resume_hint(self) -> str:
+        from alignkit.infra.checkpoint import latest_checkpoint
+
+        if self.run_dir is None:
+            return "the newest checkpoint of the run directory is the last good one"
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return "no checkpoint was saved"
+        return f"the last good checkpoint is {ckpt} (resume from it with output.resume=true)"
 
     def check(self, loss: float, grad_norm: float, step: int) -> bool:
         """True if the step may be applied; False to skip it. Raises after ``max_consecutive`` bad steps."""
@@ -136,7 +154,7 @@ class NonFiniteGuard:
         if self.consecutive >= self.max_consecutive:
             raise FloatingPointError(
                 f"step {step}: {self.consecutive} consecutive non-finite steps (loss={loss}, grad_norm="
-                f"{grad_norm}); stopping. Lower optim.lr or check the data; the last good checkpoint is kept."
+                f"{grad_norm}); stopping. Lower optim.lr or check the data; {self._resume_hint()}."
             )
         return False
 
