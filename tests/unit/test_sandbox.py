@@ -171,8 +171,10 @@ def test_huge_output_is_capped_and_truncated():
     r = run_in_sandbox("while True:\n    print('x' * 10000)", max_file_mb=1, max_output_bytes=1000, timeout_s=5)
     assert r.status == "output_limit" and r.truncated
     assert len(r.stdout) == 1000 and set(r.stdout) == {"x"}
+    # more than is read back is a limit hit, not "ok": a caller reading results from stdout must not take a
+    # truncated head for the whole (changed in issue 16; it used to be "ok" with truncated=True)
     r = run_in_sandbox("import sys\nsys.stdout.write('y' * 5000)", max_output_bytes=1000)
-    assert (r.status, r.truncated, len(r.stdout)) == ("ok", True, 1000)
+    assert (r.status, r.truncated, len(r.stdout)) == ("output_limit", True, 1000)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 50_000  # read capped, not slurped
 
 

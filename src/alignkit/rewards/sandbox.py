@@ -19,19 +19,29 @@ jail as root, then execs an isolated interpreter (``python -I -S -B main.py``, e
 - **RLIMIT_AS** (memory bombs: ``MemoryError`` -> "memory"), **RLIMIT_FSIZE** (files and output: stdout and
   stderr go to files, only the first ``max_output_bytes`` are read back), RLIMIT_NOFILE, RLIMIT_CORE=0.
 - **network namespace**: empty, even loopback is unreachable.
-- **mount namespace**: ``/tmp``, ``/var/tmp``, ``/dev/shm``, ``/run/lock`` (the world-writable places) are
-  private, size-capped ``nosuid,nodev,noexec`` tmpfs that vanish with the run; the code runs in ``/tmp/work``.
-  ``/root``, ``/home`` and the trainer's working directory are covered by empty read-only tmpfs (the code
-  cannot read the data set's answers or a world-readable token there).
+- **mount namespace**: ``/tmp``, ``/var/tmp``, ``/dev/shm`` (the world-writable places) and ``/run`` (where
+  daemons keep their unix sockets: dbus, docker, databases; ``/var/run`` links there) are private, size-capped
+  ``nosuid,nodev,noexec`` tmpfs that vanish with the run; the code runs in ``/tmp/work``. ``/root``, ``/home``
+  and the trainer's working directory are covered by empty read-only tmpfs (the code cannot read the data
+  set's answers or a world-readable token there). Abstract unix sockets belong to the network namespace.
+- **seccomp** (where the kernel allows it): ``unshare``, ``setns`` and namespace-creating ``clone`` fail, so
+  the code cannot create a user namespace (and with it the kernel surface that unprivileged-root opens).
+- **no orphans**: the launcher has its own deadline and dies with its parent (PR_SET_PDEATHSIG), and so does
+  the init; killing the trainer mid-run ends the run. Run directories (``/tmp/alignkit-sandbox-<pid>-*``)
+  that a killed trainer left behind are removed on the next first use once their owner is dead.
 
-Availability is probed once, on first use: a missing layer falls back with one logged warning, and results
-carry ``network_isolated`` and ``uid``. Without root there is no uid separation (the code could signal the
+Availability is probed once, on first use: a missing layer falls back with one logged warning
+(``sandbox_setup().weaknesses()`` lists what is given up; ``code_reward`` refuses to run on a weak sandbox
+unless told ``allow_weak_isolation``), and results carry ``network_isolated`` and ``uid``. Without root there is no uid separation (the code could signal the
 trainer's processes) and only a network namespace via a user namespace is tried. The interpreter is the
 trainer's own when the sandbox uid can run it, else the system ``python3`` (stdlib only either way).
 Statuses: "ok", "error" (non-zero exit), "timeout" (wall clock or CPU), "memory", "output_limit" (a file or the
-output reached ``max_file_mb``), "killed" (another signal), "sandbox_failure" (the jail or the interpreter
+output reached ``max_file_mb``, or stdout/stderr went past ``max_output_bytes``: what was read back is not all
+there was, even if the code caught the write error and exited 0), "killed" (another signal), "sandbox_failure" (the jail or the interpreter
 could not be set up: reported through a pipe that is closed at exec, so the code cannot fake it).
-Not contained: reading world-readable files; CPU contention with the trainer (bound ``workers``).
+Not contained: reading world-readable files outside the hidden directories; unix sockets outside ``/run``
+and ``/tmp`` whose file mode lets "other" connect; CPU contention with the trainer (bound ``workers``);
+kernel bugs reachable through the syscalls seccomp allows. See docs/sandbox.md.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ import json
 import logging
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -61,6 +72,7 @@ UID_POOL = 64
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 _CLONE_NEWNS, _CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
 
+_DEADLINE_GRACE_S = 3.0  # the launcher's own deadline: the trainer's wall clock plus this
 _LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_launcher.py")
 
 
@@ -91,10 +103,35 @@ class _Setup:
     unshare: int
     private_tmp: bool
     problem: str = ""
+    separate_uid: bool = False
+    seccomp: bool = False
+
+    def weaknesses(self) -> list[str]:
+        """What this machine's sandbox gives up against the full design, one phrase each (empty: full)."""
+        missing = []
+        if self.python is None:
+            return [f"no usable sandbox ({self.problem})"]
+        if not self.separate_uid:
+            missing.append("no separate uid (not root): the code runs as the trainer's user and can signal or "
+                           "ptrace its processes, read and write its files, and fork bombs are not capped")
+        if not self.unshare & _CLONE_NEWNET:
+            missing.append("no network namespace: the code can reach the network")
+        if not self.unshare & _CLONE_NEWPID:
+            missing.append("no pid namespace: the code sees every process and daemons it starts may outlive "
+                           "the run")
+        if not self.private_tmp:
+            missing.append("no mount namespace: /tmp, /run (unix sockets) and the trainer's directories are "
+                           "shared")
+        if not self.seccomp:
+            missing.append("no seccomp filter: the code can create user namespaces")
+        return missing
 
 
 _SETUP: _Setup | None = None
 _SETUP_LOCK = threading.Lock()
+_RUN_DIR_PREFIX = "alignkit-sandbox-"
+_RUN_DIR = re.compile(r"alignkit-sandbox-(?:(\d+)-)?[a-z0-9_]{8}$")  # mkdtemp suffixes are 8 characters
+STALE_RUN_DIR_S = 300.0  # an unnamed-owner run directory older than this is a crashed run's
 
 
 def _is_root() -> bool:
@@ -173,6 +210,50 @@ def _kill_uid(uid: int, attempts: int = 20) -> bool:
     return not left
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_run_dirs(tmp: str | None = None, *, max_age_s: float = STALE_RUN_DIR_S) -> list[str]:
+    """Remove run directories left by a killed trainer: ``alignkit-sandbox-<pid>-*`` whose pid is dead (or that
+    are older than an hour: the pid may have been reused; no run lasts that long), and old-style unnamed ones
+    older than ``max_age_s``. Returns the removed paths. Runs once per process, on first use of the sandbox."""
+    tmp = tmp or tempfile.gettempdir()
+    removed = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(tmp))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _RUN_DIR.match(entry.name)
+        if not m:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not entry.is_dir(follow_symlinks=False) or st.st_uid != os.geteuid():
+            continue
+        age = now - st.st_mtime
+        pid = int(m.group(1)) if m.group(1) else None
+        if pid == os.getpid():
+            continue
+        stale = age > max_age_s if pid is None else (not _pid_alive(pid) or age > 3600)
+        if stale:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    if removed:
+        logger.warning("removed %d sandbox run directories left by a killed trainer in %s", len(removed), tmp)
+    return removed
+
+
 def _read_head(path: str, limit: int) -> tuple[str, bool]:
     with open(path, "rb") as f:
         data = f.read(limit + 1)
@@ -235,13 +316,15 @@ def _stop(proc: subprocess.Popen, pidns: bool) -> None:
 
 
 def _classify(rc: int | None, stderr: str, sizes: tuple[int, int], *, cpu: int, memory_mb: int,
-              max_file_mb: int) -> tuple[str, str]:
-    if rc == 0:
-        return "ok", ""
+              max_file_mb: int, max_output_bytes: int) -> tuple[str, str]:
     if rc == -signal.SIGXCPU:
         return "timeout", f"CPU time over {cpu} s"
     if rc == -signal.SIGXFSZ or max(sizes) >= max_file_mb << 20 or "[Errno 27] File too large" in stderr[-2000:]:
         return "output_limit", f"a file or the output reached {max_file_mb} MB"
+    if max(sizes) > max_output_bytes:  # a flood, even one whose write errors the code caught before exiting 0
+        return "output_limit", f"stdout {sizes[0]} / stderr {sizes[1]} bytes, over {max_output_bytes} read back"
+    if rc == 0:
+        return "ok", ""
     if rc is not None and rc < 0:
         return "killed", f"signal {-rc}"
     if "MemoryError" in stderr[-2000:]:
@@ -253,7 +336,7 @@ def _launch(code: str, setup: _Setup, python: str, *, timeout_s: float, cpu_s: f
             max_procs: int, max_file_mb: int, max_output_bytes: int, tmp_mb: int) -> SandboxResult:
     start = time.monotonic()
     netns, pidns = bool(setup.unshare & _CLONE_NEWNET), bool(setup.unshare & _CLONE_NEWPID)
-    outer = tempfile.mkdtemp(prefix="alignkit-sandbox-")
+    outer = tempfile.mkdtemp(prefix=f"{_RUN_DIR_PREFIX}{os.getpid()}-")
     out_path, err_path = os.path.join(outer, "stdout"), os.path.join(outer, "stderr")
     read_fd, write_fd = os.pipe()
     uid = None
@@ -264,8 +347,10 @@ def _launch(code: str, setup: _Setup, python: str, *, timeout_s: float, cpu_s: f
         limits = [("RLIMIT_CPU", (cpu, cpu + 1)), ("RLIMIT_AS", (memory_mb << 20,) * 2),
                   ("RLIMIT_NPROC", (max_procs,) * 2), ("RLIMIT_FSIZE", (max_file_mb << 20,) * 2),
                   ("RLIMIT_CORE", (0, 0)), ("RLIMIT_NOFILE", (64, 64))]
-        tmpfs = [(p, tmp_mb if p == "/tmp" else 1) for p in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+        tmpfs = [(p, tmp_mb if p == "/tmp" else 1, 0o755 if p in ("/run", "/var/run") else 0o1777)
+                 for p in ("/tmp", "/var/tmp", "/dev/shm", "/run", "/var/run")
                  if os.path.isdir(p) and not os.path.islink(p)]
+        mkdirs = ["/run/lock"] if any(p == "/run" for p, _, _ in tmpfs) else []
         with _lease_uid(start + timeout_s + 10) as uid, _private_file(out_path) as out_f, \
                 _private_file(err_path) as err_f:
             workdir = "/tmp/work" if setup.private_tmp else os.path.join(outer, "work")
@@ -273,8 +358,9 @@ def _launch(code: str, setup: _Setup, python: str, *, timeout_s: float, cpu_s: f
                 os.chmod(outer, 0o711)
                 os.mkdir(workdir, 0o700)
             cfg = {"pipe_fd": write_fd, "code_path": os.path.join(outer, "code.py"), "unshare": setup.unshare,
-                   "private_tmp": setup.private_tmp, "tmpfs": tmpfs, "hide": _dirs_to_hide(python),
-                   "workdir": workdir, "uid": uid,
+                   "private_tmp": setup.private_tmp, "tmpfs": tmpfs, "mkdirs": mkdirs,
+                   "hide": _dirs_to_hide(python), "workdir": workdir, "uid": uid, "seccomp": setup.seccomp,
+                   "parent_pid": os.getpid(), "deadline_s": timeout_s + _DEADLINE_GRACE_S,
                    "limits": limits, "python": python, "path": _PATH}
             try:
                 proc = subprocess.Popen([sys.executable, "-I", "-S", _LAUNCHER, json.dumps(cfg)],
@@ -315,7 +401,8 @@ def _launch(code: str, setup: _Setup, python: str, *, timeout_s: float, cpu_s: f
             return result("timeout", f"wall clock over {timeout_s} s")
         if rc is None:
             return result("sandbox_failure", f"the launcher ended ({proc.returncode}) without a status")
-        return result(*_classify(rc, err, sizes, cpu=cpu, memory_mb=memory_mb, max_file_mb=max_file_mb))
+        return result(*_classify(rc, err, sizes, cpu=cpu, memory_mb=memory_mb, max_file_mb=max_file_mb,
+                                 max_output_bytes=max_output_bytes))
     except (OSError, TimeoutError) as e:
         return SandboxResult("sandbox_failure", None, "", "", time.monotonic() - start, False, netns, uid,
                              f"{type(e).__name__}: {e}")
@@ -338,20 +425,20 @@ def _probe() -> _Setup:
         levels = [(_CLONE_NEWNET | _CLONE_NEWNS | _CLONE_NEWPID, True), (_CLONE_NEWNET, False), (0, False)]
     else:
         levels = [(_CLONE_NEWUSER | _CLONE_NEWNET, False), (0, False)]
+    levels = [(flags, private_tmp, seccomp) for flags, private_tmp in levels for seccomp in (True, False)]
     problems = []
-    for flags, private_tmp in levels:
+    for flags, private_tmp, seccomp in levels:
         for python in _python_candidates():
-            setup = _Setup(python, flags, private_tmp)
+            setup = _Setup(python, flags, private_tmp, separate_uid=_is_root(), seccomp=seccomp)
             r = _launch("print('sandbox-ok')", setup, python, timeout_s=10, cpu_s=5, memory_mb=512, max_procs=8,
                         max_file_mb=1, max_output_bytes=4096, tmp_mb=1)
             if r.ok and r.stdout.strip() == "sandbox-ok":
                 if python != _python_candidates()[0]:
                     logger.warning("sandboxed code runs on %s: the sandbox uid cannot run this interpreter (%s)",
                                    python, _python_candidates()[0])
-                if (flags, private_tmp) != levels[0] or not _is_root():
-                    logger.warning("sandbox isolation is degraded: network namespace %s, private /tmp %s, "
-                                   "separate uid %s (%s)", bool(flags & _CLONE_NEWNET), private_tmp,
-                                   _is_root(), "; ".join(problems) or "not root")
+                if setup.weaknesses():
+                    logger.warning("sandbox isolation is degraded: %s (%s)", "; ".join(setup.weaknesses()),
+                                   "; ".join(problems) or "not root")
                 return setup
             problems.append(f"{python} flags={flags:#x}: {r.status} {r.detail or r.stderr[-300:]}")
     logger.error("sandbox unavailable: %s", "; ".join(problems))
@@ -363,6 +450,7 @@ def sandbox_setup() -> _Setup:
     global _SETUP
     with _SETUP_LOCK:
         if _SETUP is None:
+            sweep_stale_run_dirs()
             _SETUP = _probe()
         return _SETUP
 
