@@ -1,36 +1,65 @@
 """Code-execution reward (lecture GRPO-08): the share of test cases that model-written code passes.
 
-Tests are Python statement strings, usually asserts (``"assert factorial(5) == 120"``); a test passes when it
-runs without raising. One sandbox run per completion (``alignkit.rewards.sandbox``): a small harness
-executes the solution as module ``solution`` (so an ``if __name__ == "__main__":`` demo does not run; stdin
-is empty), then each test in the solution's namespace, and reports each result on a private copy of stdout.
-The solution's own prints go to /dev/null; its errors to stderr.
+The policy is optimized against this reward, so it is built to be ungameable where it can be and explicit
+where it cannot (threat model: docs/sandbox.md). The verdict never comes from the solution's process:
 
-- solution does not compile or raises at import -> every test fails -> 0.0;
-- a test raises (AssertionError, exception, ``sys.exit``) -> that test fails;
-- hang, memory or output limit -> the tests reported before it count (partial credit), the rest fail;
-- ``os._exit(0)`` or killing the harness -> unreported tests fail (exiting early cannot pass anything);
-- the sandbox itself fails -> ``SandboxError`` (a ``RewardError``): the scorer counts the sample as failed
-  and leaves it out of the loss, never a 0 reward.
+- **Judged tests** (the default; ``alignkit.rewards.code_judge``): a test made of asserts over calls of the
+  solution's functions with solution-free arguments (``assert f(3) == [1, 2]``, ``assert sorted(f("ab")) ==
+  ["a", "b"]``, ``assert math.isclose(f(2), 1.41, rel_tol=1e-3)``, MBPP/HumanEval style) is split into the
+  calls, which a sandbox run performs after running the solution (as module ``solution``: an ``if __name__ ==
+  "__main__":`` demo does not run; stdin is empty), and the check, which the trainer evaluates on the
+  returned values. Expected values never enter the sandbox; results come back as tagged plain values (no
+  object of the solution's crosses); they are compared by value and exact type (``True`` is not ``1``, ``2``
+  is not ``2.0``, floats exactly unless the test says ``math.isclose``/``abs(..) < eps``). Patching
+  ``builtins``, reading the driver's frames or ``__main__``, shadowing ``sorted``, an always-equal
+  ``__eq__``, printing fake result lines, ``os._exit(0)``: none can make a call pass that the returned value
+  does not pass.
+- **Statement tests** (anything else: loops, helper variables, ``assert isinstance(f(1), int)``): these need
+  the solution's objects in the test's own interpreter, where the solution can forge any verdict (patch
+  ``AssertionError``, exit 0, read a nonce from the harness). They are refused (``RewardError``, the sample
+  is left out of the loss) unless ``statement_tests="weak"``: then they run, in a separate sandbox run from
+  the judged tests, in a harness that reports passes on a private copy of stdout with a nonce; that verdict
+  is gameable by code that introspects the harness. Rewrite such tests as judged asserts where you can.
 
-Known limits, for test writers: code that introspects the harness (it runs in the same interpreter) could
-forge results, and a returned object whose ``__eq__`` always says True passes ``==`` asserts; assert types
-(``type(f(5)) is int``) where it matters.
+Outcomes: the solution does not compile or raises at import -> every test fails -> 0.0; a call raises
+(``sys.exit`` too) or returns a non-plain value -> the tests using it fail; hang, memory or output limit ->
+the results written before count (partial credit), the rest fail; the sandbox itself fails ->
+``SandboxError`` (a ``RewardError``): the scorer counts the sample as failed and leaves it out of the loss,
+never a 0 reward.
+
+Limits and isolation: ``timeout_s``/``memory_mb`` may come from a data row, but only lower what the reward
+options allow: above ``max_timeout_s``/``max_memory_mb`` (reward options, themselves capped by
+``HARD_MAX_TIMEOUT_S``/``HARD_MAX_MEMORY_MB``) the sample is refused. A sandbox with weak isolation on this
+machine (``sandbox_setup().weaknesses()``: no root, no namespaces, no seccomp) is refused, naming what it gives
+up, unless ``allow_weak_isolation=True`` (reward option ``{code: {allow_weak_isolation: true}}``). The
+registry lets a row field override a reward option of the same name: the keys in
+``code_reward.config_only`` belong in the reward options, never in data rows. ``code_reward`` is thread-safe
+(``score_batch`` runs it in worker threads).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 from collections.abc import Sequence
 
+from alignkit.rewards import code_judge
 from alignkit.rewards.errors import RewardError
-from alignkit.rewards.sandbox import SandboxResult, run_in_sandbox
+from alignkit.rewards.sandbox import SandboxResult, run_in_sandbox, sandbox_setup
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
-_HARNESS = """\
+DEFAULT_MAX_TIMEOUT_S = 30.0
+DEFAULT_MAX_MEMORY_MB = 2048
+HARD_MAX_TIMEOUT_S = 120.0  # no option raises a run past these
+HARD_MAX_MEMORY_MB = 16384
+MAX_RESULT_BYTES = 1 << 20  # the judged run's stdout read back; more is an output limit (later calls fail)
+
+# The weak harness for statement tests (statement_tests="weak"): it runs in the solution's interpreter, so
+# its verdict is forgeable; kept in its own sandbox run so it cannot touch the judged tests' results.
+_WEAK_HARNESS = """\
 import os, sys, traceback
 _out = os.dup(1)
 os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
@@ -70,19 +99,63 @@ def extract_code(completion: str) -> str:
     return answers[-1].strip() if answers else completion
 
 
-def run_tests(code: str, tests: Sequence[str], **sandbox_kwargs: object) -> tuple[list[bool], SandboxResult]:
-    """Run ``tests`` against ``code`` in one sandbox run: (passed per test, the run's result)."""
-    nonce = secrets.token_hex(16)
-    result = run_in_sandbox(_HARNESS.format(tests=list(tests), solution=code, nonce=nonce), **sandbox_kwargs)
+def _run(code: str, **sandbox_kwargs: object) -> SandboxResult:
+    result = run_in_sandbox(code, **sandbox_kwargs)
     if result.status == "sandbox_failure":
         raise SandboxError(f"sandbox failure: {result.detail}")
-    passed = {int(line.split()[1]) for line in result.stdout.splitlines()
-              if line.startswith(nonce + " ") and line.split()[1].isdigit()}
-    return [i in passed for i in range(len(tests))], result
+    return result
+
+
+def run_tests(code: str, tests: Sequence[str], *, statement_tests: str = "refuse",
+              **sandbox_kwargs: object) -> tuple[list[bool], SandboxResult]:
+    """Run ``tests`` against ``code``: (passed per test, the judged run's result, or the weak run's when every
+    test is a statement test). Statement tests raise ``RewardError`` unless ``statement_tests="weak"``."""
+    if statement_tests not in ("refuse", "weak"):
+        raise RewardError(f"statement_tests must be 'refuse' or 'weak', not {statement_tests!r}")
+    p = code_judge.plan(tests)
+    weak = [i for i, checks in enumerate(p.checks) if checks is None]
+    if weak and statement_tests != "weak":
+        i = weak[0]
+        raise RewardError(
+            f"{len(weak)} of {len(tests)} tests cannot be judged outside the solution's process, e.g. test {i} "
+            f"{tests[i][:80]!r} ({p.why[i]}); write them as asserts over calls with literal arguments, or set the "
+            "reward option code.statement_tests: weak to run them in the solution's interpreter, where code "
+            "that tampers with the harness can fake a pass (docs/sandbox.md)")
+    passed: list[bool] = [False] * len(tests)
+    result = None
+    if p.calls:
+        result = _run(code_judge.driver(code, p.calls), max_output_bytes=MAX_RESULT_BYTES, **sandbox_kwargs)
+        results = code_judge.read_results(result.stdout, len(p.calls), complete=not result.truncated)
+        for i, verdict in enumerate(code_judge.verdicts(p, results)):
+            passed[i] = verdict is True
+    elif not weak:  # tests with checks but no calls (e.g. "assert 1 == 1"): still judged here
+        for i, verdict in enumerate(code_judge.verdicts(p, [])):
+            passed[i] = verdict is True
+    if weak:
+        nonce = secrets.token_hex(16)
+        weak_result = _run(_WEAK_HARNESS.format(tests=[tests[i] for i in weak], solution=code, nonce=nonce),
+                           **sandbox_kwargs)
+        reported = [line.split()[1] for line in weak_result.stdout.splitlines() if line.startswith(nonce + " ")]
+        for k in {int(x) for x in reported if x.isascii() and x.isdigit() and int(x) < len(weak)}:
+            passed[weak[k]] = True
+        result = result or weak_result
+    if result is None:  # no calls and no statement tests: nothing ran
+        result = SandboxResult("ok", None, "", "", 0.0)
+    return passed, result
+
+
+def _limit(name: str, value: object, ceiling: float, ceiling_name: str) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
+        raise RewardError(f"code reward: {name} must be a positive number, not {value!r}")
+    if value > ceiling:
+        raise RewardError(f"code reward: {name}={value} is over the ceiling {ceiling} ({ceiling_name}); a data row "
+                          "may only lower the limits the reward options set")
+    return value
 
 
 def code_reward(completion: str, *, tests: Sequence[str] | str, timeout_s: float = 5.0, memory_mb: int = 512,
-                **_: object) -> float:
+                max_timeout_s: float = DEFAULT_MAX_TIMEOUT_S, max_memory_mb: int = DEFAULT_MAX_MEMORY_MB,
+                allow_weak_isolation: bool = False, statement_tests: str = "refuse", **_: object) -> float:
     """Share of ``tests`` passed by the completion's code, in [0, 1] (lecture GRPO-6 vectors below).
 
     >>> tests = ["assert factorial(0) == 1", "assert factorial(5) == 120"]
@@ -94,5 +167,23 @@ def code_reward(completion: str, *, tests: Sequence[str] | str, timeout_s: float
     tests = [tests] if isinstance(tests, str) else list(tests)
     if not tests:
         raise RewardError("code_reward needs at least one test")
-    passed, _ = run_tests(extract_code(completion), tests, timeout_s=timeout_s, memory_mb=memory_mb)
+    if any(type(t) is not str for t in tests):
+        raise RewardError("code_reward: every test must be a string")
+    max_timeout_s = _limit("max_timeout_s", max_timeout_s, HARD_MAX_TIMEOUT_S, "HARD_MAX_TIMEOUT_S")
+    max_memory_mb = _limit("max_memory_mb", max_memory_mb, HARD_MAX_MEMORY_MB, "HARD_MAX_MEMORY_MB")
+    timeout_s = _limit("timeout_s", timeout_s, max_timeout_s, "reward option code.max_timeout_s")
+    memory_mb = int(_limit("memory_mb", memory_mb, max_memory_mb, "reward option code.max_memory_mb"))
+    if allow_weak_isolation is not True:
+        weaknesses = sandbox_setup().weaknesses()
+        if weaknesses:
+            raise RewardError("code reward refused: the sandbox here is weaker than designed: "
+                              + "; ".join(weaknesses) + ". Set the reward option code.allow_weak_isolation: true "
+                              "to score model code anyway, giving up the above")
+    passed, _ = run_tests(extract_code(completion), tests, statement_tests=statement_tests, timeout_s=timeout_s,
+                          memory_mb=memory_mb)
     return sum(passed) / len(tests)
+
+
+# Options that must come from the reward options, not a data row (the registry lets a row field override a
+# reward option of the same name; a scorer that honours this attribute keeps rows away from these).
+code_reward.config_only = frozenset({"max_timeout_s", "max_memory_mb", "allow_weak_isolation", "statement_tests"})
