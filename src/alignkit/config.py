@@ -165,6 +165,8 @@ class LoraSection(Section):
     alpha: int = Field(16, gt=0, description="LoRA alpha (scale = alpha / r)")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
     target_modules: str = Field("all-linear", description="'all-linear' or comma-separated module names")
+    adapter_path: str | None = Field(None, description="start from this saved LoRA adapter (e.g. a run's "
+                                     "final/adapter; needs enabled=true; its own r, alpha and targets apply)")
 
 
 class ModelSection(Section):
@@ -175,7 +177,8 @@ class ModelSection(Section):
     num_layers: int = Field(2, gt=0, description="path=tiny: transformer layers")
     num_heads: int = Field(4, gt=0, description="path=tiny: attention heads")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "float32", description="weights dtype ('auto': bf16 on a GPU that has it, else fp32)")
+        "float32", description="weights dtype ('auto': bf16 on a GPU that has it, else fp32); bf16/fp16: frozen "
+        "copies stay in it, the trained weights are fp32 masters and the forward autocasts to it")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
     trust_remote_code: bool = Field(False, description="allow model code from the model directory (off: safer)")
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA adapters")

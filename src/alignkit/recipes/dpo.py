@@ -591,7 +591,7 @@ def run(cfg: DPOConfig) -> dict:
     from alignkit.models import load_policy
 
     t_start, cpu_start = time.perf_counter(), time.process_time()
-    acc = setup_accelerator(cfg.train.precision)
+    acc = setup_accelerator(cfg.train.precision, dtype=cfg.model.dtype)
     world, rank = acc.num_processes, acc.process_index
     per_step = world * cfg.train.grad_accum
     if cfg.train.batch_size % per_step:

@@ -215,7 +215,7 @@ def run(cfg: GRPOConfig) -> dict:
     from alignkit.rewards import build_rewards, reward_metrics, score_with_model
 
     started = time.perf_counter()
-    acc = setup_accelerator(cfg.train.precision)
+    acc = setup_accelerator(cfg.train.precision, dtype=cfg.model.dtype)
     world, rank = acc.num_processes, acc.process_index
     if cfg.rollout.prompts_per_step % world:
         raise ValueError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must divide by the {world} "

@@ -425,7 +425,7 @@ def run(cfg: PPOConfig) -> dict:
     from alignkit.rewards import build_rewards, reward_metrics, score_with_model
     from alignkit.rollout import generate
 
-    acc = setup_accelerator(cfg.train.precision)
+    acc = setup_accelerator(cfg.train.precision, dtype=cfg.model.dtype)
     world, rank = acc.num_processes, acc.process_index
     if cfg.rollout.prompts_per_step % world:
         raise ValueError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must divide by the {world} "

@@ -193,7 +193,7 @@ def run(cfg: RMConfig) -> dict:
     metrics.jsonl, tensorboard/, checkpoints/, final/ (plain transformers), curves.png, summary.json."""
     from alignkit.models.reward import build_reward_model
 
-    acc = setup_accelerator(cfg.train.precision)
+    acc = setup_accelerator(cfg.train.precision, dtype=cfg.model.dtype)
     world, rank = acc.num_processes, acc.process_index
     per_step = world * cfg.train.grad_accum
     if cfg.train.batch_size % per_step:

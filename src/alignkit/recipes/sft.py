@@ -155,7 +155,7 @@ def run(cfg: SFTConfig) -> dict:
     from alignkit.data import render_many
     from alignkit.models import load_policy
 
-    acc = setup_accelerator(cfg.train.precision)
+    acc = setup_accelerator(cfg.train.precision, dtype=cfg.model.dtype)
     world, rank = acc.num_processes, acc.process_index
     per_step = world * cfg.train.grad_accum
     if cfg.train.batch_size % per_step:
