@@ -3,6 +3,11 @@
 The arithmetic task's held-out set is fixed and seeded (``arithmetic_eval_set``): the 200 distinct questions
 that ``make_split`` holds out for levels 1-3 with seed 1000 -- the same questions the bundled base model was
 kept away from, and that every training stage excludes (``arithmetic_train_problems``).
+
+Held-out accuracy uses the strict scorer ``strict_accuracy``: the answer is compared by value (or the truth's
+own spelling), never by symbolic equivalence, so nothing the model wrote is evaluated ("74-26" is not 48);
+with ``require_format`` the answer is read only from ``<answer>``/``\\boxed{}`` (use it where the prompts ask
+for that format; the bundled base model is not asked, so its card accuracy reads the final number).
 """
 
 from __future__ import annotations
@@ -39,12 +44,26 @@ def arithmetic_train_problems(n: int, levels=EVAL_LEVELS, *, seed: int = EVAL_SE
     return make_split(n, eval_size(levels), level=list(levels), seed=seed)[0]
 
 
+def strict_accuracy(completion: str, answer: str | int | float, *, require_format: bool = False) -> float:
+    """The held-out scorer: 1.0 when the completion's final answer equals ``answer`` by value (no symbolic
+    step, no expression evaluated), else 0.0; ``require_format``: only a tagged (or boxed) answer counts.
+
+    >>> strict_accuracy("<answer>48</answer>", 48), strict_accuracy("<answer>74-26</answer>", 48)
+    (1.0, 0.0)
+    >>> strict_accuracy("so 48", 48), strict_accuracy("so 48", 48, require_format=True)
+    (1.0, 0.0)
+    >>> strict_accuracy("<answer>2(x+1)</answer>", "2x+2")  # equivalent, but not the value asked for
+    0.0
+    """
+    return accuracy_reward(completion, answer=answer, strict=require_format, symbolic=False)
+
+
 def score_completions(completions: list[str], answers: list[str | int], lengths: list[int] | None = None,
-                      levels: list[int | None] | None = None) -> dict:
-    """Accuracy, strict R1-format compliance, language consistency (English) and mean length; with
-    ``levels`` (one per completion) spanning more than one level, also ``accuracy/level_<k>``."""
+                      levels: list[int | None] | None = None, *, require_format: bool = False) -> dict:
+    """Accuracy (``strict_accuracy``), strict R1-format compliance, language consistency (English) and mean
+    length; with ``levels`` (one per completion) spanning more than one level, also ``accuracy/level_<k>``."""
     n = max(len(completions), 1)
-    correct = [accuracy_reward(c, answer=a) for c, a in zip(completions, answers)]
+    correct = [strict_accuracy(c, a, require_format=require_format) for c, a in zip(completions, answers)]
     out = {
         "accuracy": sum(correct) / n,
         "format": sum(format_reward(c) for c in completions) / n,
@@ -62,9 +81,10 @@ def score_completions(completions: list[str], answers: list[str | int], lengths:
 
 @torch.no_grad()
 def evaluate_model(model, tokenizer, problems, *, max_new_tokens: int = 64, batch_size: int = 256,
-                   temperature: float = 0.0) -> dict:
+                   temperature: float = 0.0, require_format: bool = False) -> dict:
     """Greedy (by default) answers to ``problems`` (objects with ``question`` and ``answer``, optionally
-    ``level``) -> accuracy, format, language, length, and ``accuracy/level_<k>`` when several levels are present."""
+    ``level``) -> accuracy (``strict_accuracy``), format, language, length, and ``accuracy/level_<k>`` when
+    several levels are present."""
     from alignkit.data import render_prompt
     from alignkit.rollout import generate
 
@@ -76,4 +96,4 @@ def evaluate_model(model, tokenizer, problems, *, max_new_tokens: int = 64, batc
         texts += out.completions
         lengths += out.response_mask.sum(-1).tolist()
     return score_completions(texts, [p.answer for p in problems], lengths,
-                             [getattr(p, "level", None) for p in problems])
+                             [getattr(p, "level", None) for p in problems], require_format=require_format)

@@ -154,11 +154,11 @@ def test_pathological_exponent_tower_is_bounded():
         ("  <think>a</think>\n<answer>1</answer>\n", 1.0, 1.0),
         ("<answer>10</answer>", 0.0, 0.0),
         ("<think>a</think>", 0.0, 0.0),
-        ("<think>a</think><answer></answer>", 0.0, 1.0),  # empty answer
+        ("<think>a</think><answer></answer>", 0.0, 0.0),  # empty answer (soft: 1.0 before the audit)
         ("<think>a</think><answer>1</answer> extra", 0.0, 1.0),
         ("Sure! <think>a</think><answer>1</answer>", 0.0, 1.0),
-        ("<think>a<think>b</think><answer>1</answer>", 0.0, 1.0),  # nested think
-        ("<think>a</think><answer>1</answer><answer>2</answer>", 0.0, 1.0),  # two answers
+        ("<think>a<think>b</think><answer>1</answer>", 0.0, 0.0),  # nested think (soft: 1.0 before the audit)
+        ("<think>a</think><answer>1</answer><answer>2</answer>", 0.0, 0.0),  # two answers: a hedge
         ("<answer>1</answer><think>a</think>", 0.0, 0.0),  # wrong order
         ("<think>a</think><answer>1", 0.0, 0.0),  # unclosed
     ],

@@ -2,8 +2,10 @@
 
 R = (words of the reasoning written in the target language's script) / (all script-bearing words of it).
 
-The reasoning is the text inside ``<think>...</think>`` (all such blocks; an unclosed ``<think>`` runs to the
-end), or the whole completion when there is none. Words are counted by Unicode script, not by language:
+The reasoning is the completion without its answer blocks (``<answer>...</answer>``; an unclosed one runs
+to the end) and without the tags themselves: the think block, and any text outside it, is judged -- moving
+off-language text out of the think block does not hide it. Words are counted by Unicode script, not by
+language:
 
 - alphabetic scripts (Latin, Cyrillic, Greek, Arabic, Hebrew, Devanagari, Thai, Hangul): a run of letters
   of the script is one word; a Latin run of one letter is not counted (it is almost always a variable: "x");
@@ -14,7 +16,21 @@ Languages: en, fr, de, es, it, pt, nl, vi, id, tr (Latin), zh (Han), ja (Han + k
 ru, uk (Cyrillic), el (Greek), ar (Arabic), he (Hebrew), hi (Devanagari), th (Thai); a script name
 ("latin", "han", ...) works too. So "en" accepts any Latin-script word (French included): the reward catches
 script switching (English <-> Chinese), the failure R1 reports, not switching between Latin-script languages.
-Reasoning with no script-bearing word (only numbers and symbols) gets 1.0: nothing in it is inconsistent.
+
+Decided: reasoning with no script-bearing word but some content (a digit: "23+45=68", the arithmetic task's
+traces) gets 1.0 -- nothing in it is inconsistent; reasoning with no letter or digit at all (an empty
+completion, an empty think block, punctuation only, or only an answer block) gets 0.0 -- there is nothing
+to be consistent.
+
+Threat model: what a policy may try and what this reward does
+
+- drop the reasoning (empty completion, ``<think></think>``, only ``<answer>48</answer>``): 0.0.
+- write the reasoning outside the think block in another script, with a short on-language think block:
+  counted, since everything but the answer is judged.
+- hide words in tags: the tag names (``<think>``) are not words.
+- limits (not refused): padding with target-language filler words raises the share (the ratio is R1's
+  definition), and digits/symbols-only reasoning gets 1.0; code in the reasoning counts as Latin words.
+  Weight it small beside accuracy (R1 adds it to accuracy), so that neither pays more than solving.
 """
 
 from __future__ import annotations
@@ -46,17 +62,18 @@ _LANGUAGES = {
     "el": {"greek"}, "ar": {"arabic"}, "he": {"hebrew"}, "hi": {"devanagari"}, "th": {"thai"},
     **{name: {name} for name in (*_SCRIPTS, *_CHARACTER_SCRIPTS)},
 }
-_THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
+_ANSWER_BLOCK = re.compile(r"<answer>.*?(?:</answer>|$)", re.DOTALL)
+_TAG = re.compile(r"</?(?:think|answer)>")
+_CONTENT = re.compile(r"\w")
 
 
 def reasoning_text(completion: str) -> str:
-    """The text of all ``<think>`` blocks, or the whole completion when there is none.
+    """The completion without its answer blocks and without think/answer tags (what the reward judges).
 
     >>> reasoning_text("<think>a b</think><answer>c</answer>"), reasoning_text("no tags")
     ('a b', 'no tags')
     """
-    blocks = _THINK.findall(completion)
-    return "\n".join(blocks) if blocks else completion
+    return _TAG.sub(" ", _ANSWER_BLOCK.sub(" ", completion)).strip()
 
 
 def script_word_counts(text: str) -> dict[str, int]:
@@ -79,10 +96,15 @@ def language_consistency_reward(completion: str, *, language: str = "en", **_: o
     1.0
     >>> language_consistency_reward("<think>首先 compute the sum</think><answer>3</answer>", language="zh")
     0.4
+    >>> language_consistency_reward("<think>23+45=68</think><answer>68</answer>"), language_consistency_reward("")
+    (1.0, 0.0)
     """
     scripts = _LANGUAGES.get(language.lower())
     if scripts is None:
         raise ValueError(f"unknown language {language!r}; known: {', '.join(sorted(_LANGUAGES))}")
-    counts = script_word_counts(reasoning_text(completion))
+    text = reasoning_text(completion)
+    counts = script_word_counts(text)
     total = sum(counts.values())
-    return 1.0 if total == 0 else sum(counts.get(s, 0) for s in scripts) / total
+    if total == 0:  # no word: 1.0 for a numeric trace, 0.0 for no reasoning at all (module docstring)
+        return 1.0 if _CONTENT.search(text) else 0.0
+    return sum(counts.get(s, 0) for s in scripts) / total
