@@ -16,6 +16,10 @@ rewrites earlier turns) is an error. In a trained assistant turn, tokens after t
 trailing newline) are 0; if the template puts no EOS after the final assistant turn, ``eos_token_id`` is
 appended and is 1.
 
+Plain ``text`` needs no chat template; every other form does, and a tokenizer without one is an error
+that says to set ``model.chat_template``. A conversational response that repeats the prompt's turns is
+rendered once (``schemas.drop_repeated_prompt``), for records built in code as for rows read from files.
+
 Over-long examples (``max_length``): ``on_overflow="error"`` (default) raises a DataError naming the row,
 ``"drop"`` returns None, ``"truncate"`` keeps the first ``max_length`` tokens (None if no target is left).
 """
@@ -34,6 +38,8 @@ from alignkit.data.schemas import (
     PreferenceRecord,
     PromptRecord,
     SFTRecord,
+    as_chat,
+    drop_repeated_prompt,
     parse_record,
 )
 
@@ -58,9 +64,13 @@ class RenderedExample:
         return len(self.input_ids)
 
 
-def _check_tokenizer(tokenizer) -> None:
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("the tokenizer has no chat template; set tokenizer.chat_template (a Jinja string)")
+NO_TEMPLATE = "the tokenizer has no chat template: set model.chat_template (a Jinja file or string)"
+
+
+def _check_tokenizer(tokenizer, *, chat: bool = True) -> None:
+    """Raise if the tokenizer cannot render: no EOS, or (``chat``) no chat template."""
+    if chat and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(NO_TEMPLATE)
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no eos_token; set tokenizer.eos_token")
 
@@ -111,10 +121,6 @@ def _render_chat(tokenizer, messages: Chat, *, train_from: int, where: tuple[str
     return RenderedExample(ids, mask)
 
 
-def _as_chat(prompt: str | Chat) -> Chat:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-
-
 def _as_reply(response: str | Chat) -> Chat:
     return [{"role": "assistant", "content": response}] if isinstance(response, str) else list(response)
 
@@ -124,7 +130,8 @@ def _where(record: Any) -> tuple[str, int]:
     return getattr(record, "source", IN_MEMORY), getattr(record, "row", 0)
 
 
-def _fit(example: RenderedExample, max_length: int | None, on_overflow: str, where: tuple[str, int]):
+def _fit(example: RenderedExample, max_length: int | None, on_overflow: str, where: tuple[str, int], *,
+         remedy: str = "set on_overflow='drop' or 'truncate'"):
     """Apply the overflow policy -> the example, a truncated copy, or None (dropped)."""
     if on_overflow not in OVERFLOW:
         raise ValueError(f"on_overflow must be one of {list(OVERFLOW)} (got {on_overflow!r})")
@@ -132,7 +139,7 @@ def _fit(example: RenderedExample, max_length: int | None, on_overflow: str, whe
         return example
     if on_overflow == "error":
         raise DataError(*where, None, f"example is {len(example)} tokens, longer than max_length="
-                        f"{max_length}; raise max_length or set on_overflow='drop' or 'truncate'")
+                        f"{max_length}; raise max_length or {remedy}")
     if on_overflow == "drop":
         return None
     cut = RenderedExample(example.input_ids[:max_length], example.response_mask[:max_length])
@@ -146,7 +153,7 @@ def render_sft(
     rec = parse_record("sft", record)
     where = _where(rec)
     if rec.form == "text":
-        _check_tokenizer(tokenizer)
+        _check_tokenizer(tokenizer, chat=False)
         ids = list(tokenizer.encode(rec.text, add_special_tokens=True))
         if ids[-1:] != [tokenizer.eos_token_id]:
             ids.append(tokenizer.eos_token_id)
@@ -154,8 +161,9 @@ def render_sft(
     elif rec.form == "messages":
         example = _render_chat(tokenizer, rec.messages, train_from=0, where=where)
     else:
-        prompt = _as_chat(rec.prompt)
-        example = _render_chat(tokenizer, prompt + _as_reply(rec.completion), train_from=len(prompt), where=where)
+        prompt = as_chat(rec.prompt)
+        reply = _as_reply(drop_repeated_prompt(prompt, rec.completion))
+        example = _render_chat(tokenizer, prompt + reply, train_from=len(prompt), where=where)
     return _fit(example, max_length, on_overflow, where)
 
 
@@ -172,8 +180,9 @@ def render_prompt(
     where = _where(prompt)
     if isinstance(prompt, (PromptRecord, Mapping)):
         prompt = parse_record("prompt", prompt).prompt
-    ids = _template_ids(tokenizer, _as_chat(prompt), add_generation_prompt=True)
-    example = _fit(RenderedExample(ids, [0] * len(ids)), max_length, on_overflow, where)
+    ids = _template_ids(tokenizer, as_chat(prompt), add_generation_prompt=True)
+    example = _fit(RenderedExample(ids, [0] * len(ids)), max_length, on_overflow, where,
+                   remedy="set on_overflow='drop' (a prompt is never truncated)")
     return None if example is None else example.input_ids
 
 
@@ -185,8 +194,9 @@ def render_preference(
     cover only the responses. None if dropped (either side over ``max_length`` drops the pair)."""
     rec = parse_record("preference", record)
     where = _where(rec)
-    prompt = _as_chat(rec.prompt)
-    pair = [_render_chat(tokenizer, prompt + _as_reply(r), train_from=len(prompt), where=where)
+    prompt = as_chat(rec.prompt)
+    pair = [_render_chat(tokenizer, prompt + _as_reply(drop_repeated_prompt(prompt, r)), train_from=len(prompt),
+                         where=where)
             for r in (rec.chosen, rec.rejected)]
     fitted = [_fit(p, max_length, on_overflow, where) for p in pair]
     return None if any(f is None for f in fitted) else (fitted[0], fitted[1])
