@@ -1,6 +1,12 @@
 """Command line: ``alignkit <recipe> -c CONFIG key.sub=value ...``.
 
 ``alignkit --help`` lists the commands; ``alignkit <recipe> --help`` lists every option with its default.
+
+Errors the user can fix (a bad or missing config, bad data, a run directory already in use, a missing file,
+a ValueError raised while setting up, before the training loop) print one line, ``alignkit <cmd>: error:
+...``, and exit 2. A run stopped by its non-finite guard prints its one line and exits 1. A second
+SIGTERM/SIGINT exits 128 + the signal number after one line naming the checkpoint to resume from. Anything
+else raised inside the training loop is a bug: it keeps its traceback.
 """
 
 from __future__ import annotations
@@ -9,9 +15,15 @@ import argparse
 import importlib
 import json
 import sys
+from pathlib import Path
 
 from alignkit.config import ConfigError, describe, load_config
 from alignkit.data.schemas import DataError
+from alignkit.infra.checkpoint import StopNow, latest_checkpoint
+from alignkit.infra.rundir import RunDirError
+
+# Errors that name what the user must fix: one line, exit 2, wherever they are raised.
+USER_ERRORS = (ConfigError, DataError, RunDirError, FileNotFoundError)
 
 # command -> (module, config class name, one-line description)
 RECIPES = {
@@ -47,9 +59,24 @@ def _run_recipe(name: str, argv: list[str]) -> int:
     module, cls_name, doc = RECIPES[name]
     args = _recipe_parser(name, module, cls_name, doc).parse_args(argv)
     cfg = load_config(args._cls, args.config, args.overrides)
-    summary = importlib.import_module(args._module).run(cfg)
+    try:
+        summary = importlib.import_module(args._module).run(cfg)
+    except StopNow as err:
+        err.hint = _resume_hint(cfg)
+        raise
     print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def _resume_hint(cfg) -> str:
+    """Where a stopped run continues from: its newest complete checkpoint, or nowhere."""
+    out = getattr(cfg, "output", None)
+    if out is None or "resume" not in type(out).model_fields:
+        return "nothing of the step in progress was saved"
+    ckpt = latest_checkpoint(Path(out.dir) / out.name)
+    if ckpt is None:
+        return "no checkpoint was saved"
+    return f"resume from {ckpt} with output.resume=true"
 
 
 def _pipeline(argv: list[str], *, prog: str = "alignkit pipeline") -> int:
@@ -64,7 +91,11 @@ def _pipeline(argv: list[str], *, prog: str = "alignkit pipeline") -> int:
     module, cls_name, doc = PIPELINES[name]
     args = _recipe_parser(f"pipeline {name}", module, cls_name, doc).parse_args(rest)
     cfg = load_config(args._cls, args.config, args.overrides)
-    importlib.import_module(args._module).run(cfg)
+    try:
+        importlib.import_module(args._module).run(cfg)
+    except StopNow as err:
+        err.hint = "run the same command again to resume the pipeline"
+        raise
     return 0
 
 
@@ -123,23 +154,43 @@ def main(argv: list[str] | None = None) -> int:
         print(usage)
         return 0
     name, rest = argv[0], argv[1:]
+    prog = f"alignkit {name}" + (f" {rest[0]}" if name == "pipeline" and rest and not rest[0].startswith("-") else "")
     try:
-        if name == "demo":
-            return _demo(rest)
-        if name == "eval":
-            return _eval(rest)
-        if name == "pipeline":
-            return _pipeline(rest)
-        if name not in RECIPES:
-            print(f"alignkit: unknown command {name!r}\n\n{usage}", file=sys.stderr)
-            return 2
-        return _run_recipe(name, rest)
-    except ConfigError as err:
-        print(f"alignkit: config error: {err}", file=sys.stderr)
+        return _dispatch(name, rest, usage)
+    except USER_ERRORS as err:
+        return _fail(prog, err, 2)
+    except FloatingPointError as err:  # the non-finite guard stopped the run: its message says what to do
+        return _fail(prog, err, 1)
+    except ValueError as err:
+        if getattr(err, "during_training", False):
+            raise  # raised inside the training loop: a bug, keep the traceback
+        return _fail(prog, err, 2)
+    except StopNow as err:
+        print(f"{prog}: {err}; {getattr(err, 'hint', 'nothing of the step in progress was saved')}", file=sys.stderr)
+        return 128 + err.signum
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _fail(prog: str, err: BaseException, code: int) -> int:
+    """Print ``err`` as one line (newlines folded) after ``<prog>: error:``; return ``code``."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    print(f"{prog}: error: {text}", file=sys.stderr)
+    return code
+
+
+def _dispatch(name: str, rest: list[str], usage: str) -> int:
+    if name == "demo":
+        return _demo(rest)
+    if name == "eval":
+        return _eval(rest)
+    if name == "pipeline":
+        return _pipeline(rest)
+    if name not in RECIPES:
+        print(f"alignkit: unknown command {name!r}\n\n{usage}", file=sys.stderr)
         return 2
-    except (DataError, FileNotFoundError) as err:
-        print(f"alignkit: {err}", file=sys.stderr)
-        return 2
+    return _run_recipe(name, rest)
 
 
 if __name__ == "__main__":
