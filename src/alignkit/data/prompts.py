@@ -1,4 +1,9 @@
-"""Prompts for the RL recipes (GRPO, PPO): loading, rendering once, and seeded resumable draws."""
+"""Prompts for the RL recipes (GRPO, PPO): loading, rendering once, and seeded resumable draws.
+
+Prompts are pooled by an integer ``level`` field (a curriculum walks the pools in order). A record
+without one, or whose ``level`` is not an integer (``"hard"``, 2.5; a digit string such as a CSV cell
+"2" counts as 2), goes to pool 0; its ``level`` stays an ordinary field passed to the reward functions.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,13 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from alignkit.config import Section
+from alignkit.data.schemas import DataError
+from alignkit.data.source import DataSourceFields
+
+SYNTHETIC = "<synthetic arithmetic>"
 
 
-class PromptDataSection(Section):
+class PromptDataSection(DataSourceFields):
     train_file: str | None = Field(None, description="prompt records (prompt + ground-truth fields); None = synthetic arithmetic")
     eval_file: str | None = Field(None, description="held-out prompt records; None = the seeded arithmetic held-out set")
     levels: list[int] = Field([1, 2, 3], description="synthetic: arithmetic levels (a GRPO curriculum walks them in order)")
@@ -27,33 +35,59 @@ class HeldOutProblem:
     answer: str | None
 
 
+def pool_level(fields: dict) -> int:
+    """The pool of a prompt: its ``level`` if that is an integer (or a string of digits), else 0.
+
+    >>> pool_level({"level": 3}), pool_level({"level": "2"}), pool_level({"level": "hard"}), pool_level({})
+    (3, 2, 0, 0)
+    """
+    level = fields.get("level")
+    if isinstance(level, int) and not isinstance(level, bool):
+        return level
+    if isinstance(level, str) and level.strip().lstrip("-").isdigit():
+        return int(level)
+    return 0
+
+
 def load_prompts(cfg: PromptDataSection, tokenizer) -> tuple[dict[int, list], list, int]:
     """-> ({level: [(prompt_ids, prompt, fields)]}, held-out problems, dropped count).
 
-    ``fields`` (everything of the record but the prompt) go to the reward functions; records without a
-    ``level`` field are level 0. Prompts are rendered with the chat template once, here.
+    ``fields`` (everything of the record but the prompt) go to the reward functions; the pool is
+    ``pool_level(fields)``. Prompts are rendered with the chat template once, here. A prompt longer than
+    ``data.max_prompt_length`` is an error naming its file, row and field (``data.on_overflow=error``) or
+    is dropped and counted (``drop``); no prompt left is an error.
     """
     from alignkit.data.chat import render_prompt
     from alignkit.data.loading import load_records
     from alignkit.evaluation import arithmetic_eval_set, arithmetic_train_problems
 
     if cfg.train_file is None:
-        records = [{"prompt": p.question, "answer": p.answer_text, "level": p.level}
-                   for p in arithmetic_train_problems(cfg.n_train, cfg.levels)]
+        source = SYNTHETIC
+        rows = [(p.question, {"answer": p.answer_text, "level": p.level}, n) for n, p in
+                enumerate(arithmetic_train_problems(cfg.n_train, cfg.levels), start=1)]
         held_out = arithmetic_eval_set(cfg.levels)[:cfg.n_eval]
     else:
-        records = [dict(r.extra, prompt=r.prompt) for r in load_records(cfg.train_file, "prompt")]
+        source = cfg.train_file
+        rows = [(r.prompt, r.extra, r.row) for r in
+                load_records(cfg.train_file, "prompt", split=cfg.split, columns=cfg.columns)]
         held_out = [HeldOutProblem(r.prompt, r.extra.get("answer")) for r in
-                    load_records(cfg.eval_file, "prompt")][:cfg.n_eval] if cfg.eval_file else []
+                    load_records(cfg.eval_file, "prompt", split=cfg.eval_split or cfg.split,
+                                 columns=cfg.columns)][:cfg.n_eval] if cfg.eval_file else []
     pools: dict[int, list] = {}
     dropped = 0
-    for rec in records:
-        ids = render_prompt(tokenizer, rec["prompt"], max_length=cfg.max_prompt_length, on_overflow=cfg.on_overflow)
-        if ids is None:
+    for prompt, fields, row in rows:
+        ids = render_prompt(tokenizer, prompt)
+        if len(ids) > cfg.max_prompt_length:
+            if cfg.on_overflow == "error":
+                raise DataError(source, row, "prompt", f"{len(ids)} tokens with the chat template, longer than "
+                                f"data.max_prompt_length={cfg.max_prompt_length}; raise data.max_prompt_length "
+                                "or set data.on_overflow=drop")
             dropped += 1
             continue
-        fields = {k: v for k, v in rec.items() if k != "prompt"}
-        pools.setdefault(int(rec.get("level", 0)), []).append((ids, rec["prompt"], fields))
+        pools.setdefault(pool_level(fields), []).append((ids, prompt, dict(fields)))
+    if not pools:
+        raise DataError(source, None, None, f"no prompt left: all {dropped} are longer than "
+                        f"data.max_prompt_length={cfg.max_prompt_length} (data.on_overflow=drop)")
     return pools, held_out, dropped
 
 
@@ -68,8 +102,13 @@ class PromptSampler:
         self.cursors: dict[str, int] = {}
 
     def draw(self, n: int, level: int | None = None) -> list:
+        """n prompts of ``level``'s pool (None: all pools); an empty or unknown pool is an error (n > 0)."""
         key = "all" if level is None else str(level)
-        pool = [x for lv in sorted(self.pools) for x in self.pools[lv]] if level is None else self.pools[level]
+        pool = [x for lv in sorted(self.pools) for x in self.pools[lv]] if level is None else self.pools.get(level, [])
+        if not pool and n > 0:
+            what = "no prompts at all" if level is None else f"no prompts at level {level} (pools: {sorted(self.pools)})"
+            raise ValueError(f"cannot draw {n} prompts: {what}; check data.train_file, data.levels and "
+                             "data.max_prompt_length")
         out = []
         while len(out) < n:
             if self.cursors.get(key, len(pool)) >= len(pool):
