@@ -115,7 +115,8 @@ def cold_start_data(cfg: R1Config, zero_model: str, out: Path) -> dict:
     verify = {"reward": {"weights": {"accuracy": 0.5, "format": 0.5}}, "select": {"threshold": 1.0, "max_per_prompt": 1}}
     if cs.n_zero_prompts:  # readable R1-Zero outputs: right answer, strict format
         zcfg = build_config(rs.RejectionSamplingConfig, _with(verify, model__path=zero_model, prompts__n_prompts=cs.n_zero_prompts,
-                            prompts__offset=5000, prompts__levels=cfg.eval.levels, output__dir=str(out), output__name="r1_zero_samples"))
+                            prompts__offset=5000, prompts__levels=cfg.eval.levels, output__dir=str(out), output__name="r1_zero_samples",
+                            output__overwrite=True))  # an unfinished stage is redone
         stats = rs.run(zcfg)
         kept = [json.loads(x) for x in Path(stats["data"]).read_text().splitlines()]
         records += [{"prompt": r["prompt"], "completion": r["completion"], "source": "r1_zero"} for r in kept]
@@ -135,7 +136,7 @@ def cold_start_data(cfg: R1Config, zero_model: str, out: Path) -> dict:
         write_jsonl(rows, prompts_file)
         fcfg = build_config(rs.RejectionSamplingConfig, _with(verify, model__path=cfg.base_model, prompts__train_file=str(prompts_file),
                             prompts__n_prompts=len(rows), prompts__max_prompt_length=512, output__dir=str(out),
-                            output__name="few_shot_samples"))
+                            output__name="few_shot_samples", output__overwrite=True))
         stats = rs.run(fcfg)
         kept = [json.loads(x) for x in Path(stats["data"]).read_text().splitlines()]
         records += [{"prompt": r["question"], "completion": r["completion"], "source": "few_shot"} for r in kept]
@@ -204,9 +205,12 @@ def stages(cfg: R1Config, root: Path) -> list[Stage]:
 
 
 def _resumable(conf):
-    """Stages always resume an interrupted run of themselves (the recipes ignore it when nothing is saved)."""
-    if "output" in type(conf).model_fields and "resume" in type(conf.output).model_fields:
-        return conf.model_copy(update={"output": conf.output.model_copy(update={"resume": True})})
+    """Stages always resume an interrupted run of themselves (a recipe starts at step 0 when nothing is
+    saved); a stage that cannot resume (rejection sampling) redoes it (output.overwrite)."""
+    fields = type(conf.output).model_fields if "output" in type(conf).model_fields else {}
+    for key in ("resume", "overwrite"):
+        if key in fields:
+            return conf.model_copy(update={"output": conf.output.model_copy(update={key: True})})
     return conf
 
 

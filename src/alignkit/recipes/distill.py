@@ -16,15 +16,20 @@ run, or the logit-distillation run with metrics.jsonl and final/), ``summary.jso
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Literal
 
 import torch
+import yaml
 from pydantic import Field
 
 from alignkit.config import ModelSection, OptimSection, RewardSection, Section
+from alignkit.infra.rundir import prepare_run_dir
 from alignkit.recipes import rejection_sampling, sft
+
+log = logging.getLogger(__name__)
 
 
 class StudentTrainSection(Section):
@@ -40,6 +45,9 @@ class OutputSection(Section):
     dir: str = Field("runs", description="parent directory")
     name: str = Field("distill", description="outputs go to <dir>/<name>/")
     tensorboard: bool = Field(True, description="write TensorBoard events")
+    resume: bool = Field(False, description="continue an interrupted run: keep its finished teacher data (same "
+                         "settings), resume the student SFT from its newest checkpoint")
+    overwrite: bool = Field(False, description="delete an earlier run in <dir>/<name>/ and start again")
 
 
 class DistillConfig(Section):
@@ -61,10 +69,18 @@ class DistillConfig(Section):
 
 
 def teacher_data(cfg: DistillConfig, out_dir: Path) -> dict:
-    """The teacher's verified completions (rejection sampling) -> stats with the data path."""
+    """The teacher's verified completions (rejection sampling) -> stats with the data path. On resume, the
+    interrupted run's finished teacher data is reused if it was sampled with the same settings."""
     rs = rejection_sampling.RejectionSamplingConfig(
         model=cfg.teacher, prompts=cfg.prompts, sampling=cfg.sampling, reward=cfg.reward, select=cfg.select,
-        output=rejection_sampling.OutputSection(dir=str(out_dir), name="teacher_data"))
+        output=rejection_sampling.OutputSection(dir=str(out_dir), name="teacher_data", overwrite=cfg.output.resume))
+    done = out_dir / "teacher_data"
+    if cfg.output.resume and (done / "stats.json").is_file():
+        settings = {k: v for k, v in rs.model_dump(mode="json").items() if k != "output"}
+        earlier = yaml.safe_load((done / "config.yaml").read_text()) if (done / "config.yaml").is_file() else {}
+        if {k: v for k, v in (earlier or {}).items() if k != "output"} == settings:
+            return json.loads((done / "stats.json").read_text())
+        log.warning("output.resume: the teacher-data settings changed; sampling the teacher data again")
     stats = rejection_sampling.run(rs)
     if stats["kept"] == 0:
         raise RuntimeError(f"the teacher produced no verified completion on {stats['prompts']} prompts "
@@ -80,7 +96,8 @@ def train_student_sft(cfg: DistillConfig, data_file: str, out_dir: Path) -> dict
                              on_overflow="drop"),
         train=sft.TrainSection(steps=cfg.train.steps, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                                eval_every=cfg.train.eval_every),
-        output=sft.OutputSection(dir=str(out_dir), name="student", tensorboard=cfg.output.tensorboard))
+        output=sft.OutputSection(dir=str(out_dir), name="student", tensorboard=cfg.output.tensorboard,
+                                 resume=cfg.output.resume))
     return sft.run(scfg)
 
 
@@ -104,6 +121,9 @@ def train_student_logits(cfg: DistillConfig, data_file: str, out_dir: Path) -> d
     optimizer = build_optimizer(student, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
     run_dir = out_dir / "student"
+    if cfg.output.resume:
+        log.warning("output.resume: logit distillation keeps no checkpoints; the student trains again from the start")
+    prepare_run_dir(run_dir, resume=False, overwrite=cfg.output.resume)
     logger = RunLogger(run_dir, tensorboard=cfg.output.tensorboard)
     gen = torch.Generator().manual_seed(cfg.train.seed)
     t0 = time.perf_counter()
@@ -135,7 +155,7 @@ def run(cfg: DistillConfig) -> dict:
     from alignkit.models import load_policy
 
     out_dir = Path(cfg.output.dir) / cfg.output.name
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(out_dir, resume=cfg.output.resume, overwrite=cfg.output.overwrite)
     stats = teacher_data(cfg, out_dir)
     trainer = train_student_sft if cfg.mode == "sft" else train_student_logits
     trained = trainer(cfg, stats["data"], out_dir)

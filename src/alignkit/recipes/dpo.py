@@ -77,6 +77,7 @@ from pydantic import Field, model_validator
 from alignkit.config import ModelSection, OptimSection, OutputSection, Section, to_yaml
 from alignkit.infra import PhaseTimer, RunLogger, plot_metrics, progress, seed_everything
 from alignkit.infra.checkpoint import GracefulStop, latest_checkpoint, load_checkpoint, save_checkpoint
+from alignkit.infra.rundir import prepare_run_dir
 from alignkit.infra.train import (
     NonFiniteGuard,
     backward,
@@ -599,6 +600,7 @@ def run(cfg: DPOConfig) -> dict:
                          f"{world} x {cfg.train.grad_accum}; e.g. batch_size={per_step * max(1, cfg.train.batch_size // per_step)}")
     seed_everything(cfg.train.seed)
     run_dir = Path(cfg.output.dir) / cfg.output.name
+    prepare_run_dir(run_dir, resume=cfg.output.resume, overwrite=cfg.output.overwrite, is_main=acc.is_main_process)
     if cfg.ref.mode == "adapter" and not cfg.model.lora.enabled:
         raise ValueError("ref.mode=adapter uses the policy with its LoRA adapters disabled: set "
                          "model.lora.enabled=true, or use ref.mode=copy or precomputed")
@@ -625,7 +627,7 @@ def run(cfg: DPOConfig) -> dict:
     start_step, order, cursor = 0, torch.randperm(len(train), generator=gen).tolist(), 0
     ckpt = latest_checkpoint(run_dir) if cfg.output.resume else None
     if ckpt is not None:
-        state, tensors = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+        state, tensors = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, optim=cfg.optim)
         start_step, order, cursor = state["step"], state["order"], state["cursor"]
         gen.set_state(tensors["data_generator"])
     model, optimizer = acc.prepare(model, optimizer)
@@ -634,7 +636,7 @@ def run(cfg: DPOConfig) -> dict:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     log = RunLogger(run_dir, tensorboard=cfg.output.tensorboard, enabled=acc.is_main_process,
                     resume_step=start_step if ckpt else None, wandb_project="alignkit" if cfg.output.wandb else None)
-    guard, timer = NonFiniteGuard(cfg.output.max_bad_steps), PhaseTimer()
+    guard, timer = NonFiniteGuard(cfg.output.max_bad_steps, run_dir=run_dir), PhaseTimer()
     plain = acc.unwrap_model(model)
     mode = "none" if cfg.loss.reference_free else cfg.ref.mode
 
@@ -652,7 +654,7 @@ def run(cfg: DPOConfig) -> dict:
         if acc.is_main_process:
             save_checkpoint(run_dir, step, model=acc.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
                             state={"order": order, "cursor": cursor}, tensors={"data_generator": gen.get_state()},
-                            keep_last=cfg.output.keep_last)
+                            keep_last=cfg.output.keep_last, guards=[guard])
         acc.wait_for_everyone()
 
     B, micro_n = cfg.train.batch_size, cfg.train.batch_size // per_step

@@ -46,6 +46,7 @@ from alignkit.config import ModelSection, OptimSection, OutputSection, RLRewardS
 from alignkit.data.prompts import PromptDataSection, PromptSampler, load_prompts
 from alignkit.infra import PhaseTimer, RunLogger, plot_metrics, progress, seed_everything
 from alignkit.infra.checkpoint import GracefulStop, latest_checkpoint, load_checkpoint, save_checkpoint
+from alignkit.infra.rundir import prepare_run_dir
 from alignkit.infra.schedules import AdaptiveGroupSize, Curriculum, interpolate, piecewise_constant
 from alignkit.infra.train import (
     NonFiniteGuard,
@@ -222,6 +223,7 @@ def run(cfg: GRPOConfig) -> dict:
                          f"processes; e.g. {world * max(1, cfg.rollout.prompts_per_step // world)}")
     seed_everything(cfg.train.seed + rank)
     run_dir = Path(cfg.output.dir) / cfg.output.name
+    prepare_run_dir(run_dir, resume=cfg.output.resume, overwrite=cfg.output.overwrite, is_main=acc.is_main_process)
     model, tokenizer = load_policy(cfg.model)
     use_ref = cfg.loss.beta > 0 or (cfg.loss.beta_final or 0) > 0
     reference = None
@@ -247,7 +249,7 @@ def run(cfg: GRPOConfig) -> dict:
     start_step = 0
     ckpt = latest_checkpoint(run_dir) if cfg.output.resume else None
     if ckpt is not None:
-        state, _ = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+        state, _ = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, optim=cfg.optim)
         start_step = state["step"]
         for obj, key in ((sampler, "sampler"), (curriculum, "curriculum"), (adaptive, "adaptive")):
             obj.load_state_dict(state[key])
@@ -260,7 +262,7 @@ def run(cfg: GRPOConfig) -> dict:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     logger = RunLogger(run_dir, tensorboard=cfg.output.tensorboard, enabled=acc.is_main_process,
                        resume_step=start_step if ckpt else None, wandb_project="alignkit" if cfg.output.wandb else None)
-    guard, timer = NonFiniteGuard(cfg.output.max_bad_steps), PhaseTimer()
+    guard, timer = NonFiniteGuard(cfg.output.max_bad_steps, run_dir=run_dir), PhaseTimer()
 
     def evaluate() -> dict:
         if not held_out:
@@ -279,7 +281,7 @@ def run(cfg: GRPOConfig) -> dict:
             state = {"sampler": sampler.state_dict(), "curriculum": curriculum.state_dict(),
                      "adaptive": adaptive.state_dict(), "kl": kl_ctl.state_dict() if kl_ctl else None}
             save_checkpoint(run_dir, step, model=acc.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
-                            state=state, keep_last=cfg.output.keep_last)
+                            state=state, keep_last=cfg.output.keep_last, guards=[guard])
         acc.wait_for_everyone()
 
     start_metrics = evaluate()

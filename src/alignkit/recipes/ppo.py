@@ -64,7 +64,14 @@ from alignkit.advantages import gae, whiten
 from alignkit.config import ModelSection, OptimSection, OutputSection, RLRewardSection, Section, to_yaml
 from alignkit.data.prompts import PromptDataSection, PromptSampler, load_prompts
 from alignkit.infra import PhaseTimer, RunLogger, plot_metrics, progress, seed_everything
-from alignkit.infra.checkpoint import GracefulStop, latest_checkpoint, load_checkpoint, save_checkpoint
+from alignkit.infra.checkpoint import (
+    GracefulStop,
+    apply_optim_settings,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from alignkit.infra.rundir import prepare_run_dir
 from alignkit.infra.train import (
     NonFiniteGuard,
     backward,
@@ -436,6 +443,7 @@ def run(cfg: PPOConfig) -> dict:
         raise ValueError("an adaptive KL controller needs kl.beta > 0 to start from (x2 / /2 of 0 stays 0)")
     seed_everything(cfg.train.seed + rank)
     run_dir = Path(cfg.output.dir) / cfg.output.name
+    prepare_run_dir(run_dir, resume=cfg.output.resume, overwrite=cfg.output.overwrite, is_main=acc.is_main_process)
     model, tokenizer = load_policy(cfg.model)
     use_ref = cfg.kl.beta > 0
     reference = copy.deepcopy(model).eval().requires_grad_(False) if use_ref and not cfg.model.lora.enabled else None
@@ -464,10 +472,12 @@ def run(cfg: PPOConfig) -> dict:
     start_step = 0
     ckpt = latest_checkpoint(run_dir) if cfg.output.resume else None
     if ckpt is not None:
-        state, tensors = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
+        state, tensors = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, optim=cfg.optim,
                                          modules={"critic": critic_module})
         critic_optim.load_state_dict(tensors["critic_optimizer"])
         critic_sched.load_state_dict(tensors["critic_scheduler"])
+        apply_optim_settings(critic_optim, critic_sched, cfg.optim.model_copy(update={"lr": cfg.critic.lr}),
+                             prefix="critic", run_dir=run_dir)
         start_step, history = state["step"], state["history"]
         sampler.load_state_dict(state["sampler"])
         pen_ctl.load_state_dict(state["kl_penalty"])
@@ -481,7 +491,8 @@ def run(cfg: PPOConfig) -> dict:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     logger = RunLogger(run_dir, tensorboard=cfg.output.tensorboard, enabled=acc.is_main_process,
                        resume_step=start_step if ckpt else None, wandb_project="alignkit" if cfg.output.wandb else None)
-    guard, critic_guard, timer = NonFiniteGuard(cfg.output.max_bad_steps), NonFiniteGuard(cfg.output.max_bad_steps), PhaseTimer()
+    guard, critic_guard = (NonFiniteGuard(cfg.output.max_bad_steps, run_dir=run_dir) for _ in range(2))
+    timer = PhaseTimer()
     opts = (optimizer, scheduler, guard, critic_optim, critic_sched, critic_guard)
     temperature = cfg.rollout.temperature
 
@@ -503,6 +514,7 @@ def run(cfg: PPOConfig) -> dict:
                      "kl": kl_ctl.state_dict() if kl_ctl else None}
             save_checkpoint(run_dir, step, model=acc.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
                             state=state, keep_last=cfg.output.keep_last, modules={"critic": plain_critic},
+                            guards=[guard, critic_guard],
                             tensors={"critic_optimizer": critic_optim.state_dict(),
                                      "critic_scheduler": critic_sched.state_dict()})
         acc.wait_for_everyone()

@@ -23,6 +23,7 @@ from pydantic import Field
 
 from alignkit.config import ModelSection, RewardSection, Section, to_yaml
 from alignkit.infra import progress, seed_everything
+from alignkit.infra.rundir import prepare_run_dir
 
 
 class PromptsSection(Section):
@@ -52,6 +53,7 @@ class SelectSection(Section):
 class OutputSection(Section):
     dir: str = Field("runs", description="parent directory")
     name: str = Field("rejection_sampling", description="outputs go to <dir>/<name>/")
+    overwrite: bool = Field(False, description="replace an earlier run's data in <dir>/<name>/ (default: refuse)")
 
 
 class RejectionSamplingConfig(Section):
@@ -86,7 +88,7 @@ def run(cfg: RejectionSamplingConfig) -> dict:
 
     seed_everything(cfg.sampling.seed)
     out_dir = Path(cfg.output.dir) / cfg.output.name
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(out_dir, resume=False, overwrite=cfg.output.overwrite)  # nothing to resume: sampling is redone
     (out_dir / "config.yaml").write_text(to_yaml(cfg))
     model, tokenizer = load_policy(cfg.model)
     rewards = build_rewards(cfg.reward.weights, cfg.reward.options)

@@ -48,6 +48,7 @@ from pydantic import Field
 from alignkit.config import ModelSection, OptimSection, OutputSection, Section, to_yaml
 from alignkit.infra import PhaseTimer, RunLogger, plot_metrics, progress, seed_everything
 from alignkit.infra.checkpoint import GracefulStop, latest_checkpoint, load_checkpoint, save_checkpoint
+from alignkit.infra.rundir import prepare_run_dir
 from alignkit.infra.train import (
     NonFiniteGuard,
     backward,
@@ -201,6 +202,7 @@ def run(cfg: RMConfig) -> dict:
                          f"{world} x {cfg.train.grad_accum}; e.g. batch_size={per_step * max(1, cfg.train.batch_size // per_step)}")
     seed_everything(cfg.train.seed)
     run_dir = Path(cfg.output.dir) / cfg.output.name
+    prepare_run_dir(run_dir, resume=cfg.output.resume, overwrite=cfg.output.overwrite, is_main=acc.is_main_process)
     model, tokenizer = build_reward_model(cfg.model, seed=cfg.train.seed)
     model = prepare_model(model, cfg.model, task_type="SEQ_CLS")  # LoRA: the score head stays trainable
     train_records, eval_records = load_data(cfg.data, cfg.train.seed)
@@ -217,7 +219,7 @@ def run(cfg: RMConfig) -> dict:
     start_step, order, cursor = 0, torch.randperm(len(train), generator=gen).tolist(), 0
     ckpt = latest_checkpoint(run_dir) if cfg.output.resume else None
     if ckpt is not None:
-        state, tensors = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+        state, tensors = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, optim=cfg.optim)
         start_step, order, cursor = state["step"], state["order"], state["cursor"]
         gen.set_state(tensors["data_generator"])
     model, optimizer = acc.prepare(model, optimizer)
@@ -227,7 +229,7 @@ def run(cfg: RMConfig) -> dict:
     logger = RunLogger(run_dir, tensorboard=cfg.output.tensorboard, enabled=acc.is_main_process,
                        resume_step=start_step if ckpt else None,
                        wandb_project="alignkit" if cfg.output.wandb else None)
-    guard, timer = NonFiniteGuard(cfg.output.max_bad_steps), PhaseTimer()
+    guard, timer = NonFiniteGuard(cfg.output.max_bad_steps, run_dir=run_dir), PhaseTimer()
     plain = acc.unwrap_model(model)
     start_metrics = evaluate(plain, held_out, pad_id)
     if ckpt is None:
@@ -237,7 +239,7 @@ def run(cfg: RMConfig) -> dict:
         if acc.is_main_process:
             save_checkpoint(run_dir, step, model=acc.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
                             state={"order": order, "cursor": cursor}, tensors={"data_generator": gen.get_state()},
-                            keep_last=cfg.output.keep_last)
+                            keep_last=cfg.output.keep_last, guards=[guard])
         acc.wait_for_everyone()
 
     t0, metrics, step, interrupted = time.perf_counter(), dict(start_metrics), start_step, False
