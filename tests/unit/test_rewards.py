@@ -335,7 +335,9 @@ def _raises(completion, **_):
         (lambda completion, **_: math.nan, "non-finite"),
         (lambda completion, **_: math.inf, "non-finite"),
         (lambda completion, **_: "1.0", "not a float"),
-        (lambda completion, **_: None, "not a float"),
+        (lambda completion, **_: 1e300, "float32"),  # would overflow the float32 loss
+        (lambda completion, **_: -10**400, "float range"),
+        (lambda completion, **_: [1.0], "not a float"),
         (lambda completion: 1.0, "TypeError"),  # does not accept the example's fields
     ],
 )

@@ -1,28 +1,51 @@
 """Reward lookup and the scorer that training and evaluation share (DESIGN.md style example 8).
 
 ``resolve_reward(spec)``: a built-in name (``BUILTIN_REWARDS``) or ``"package.module:function"`` (imported
-with importlib; any error names the spec and what is wrong). ``build_rewards`` turns a config's
+with importlib; the module must be importable from the current working directory or a directory on
+PYTHONPATH; any error names the spec and what is wrong). ``build_rewards`` turns a config's
 ``{spec: weight}`` (plus per-reward keyword options) into the ``{name: (fn, weight)}`` map the scorer takes.
 
-``score`` calls every component on ``(completion, **example)`` and sums them with ``combine``. A component
-that raises (``RewardError`` from a verifier or the sandbox, or any exception from a user function), returns
-a non-number, NaN or inf makes the sample *failed*: ``ScoredSample.total`` is None, ``failed`` names the
-component and ``error`` says why; the failure is logged with the example index. The caller counts failed
-samples (``reward_metrics``) and leaves them out of the loss: a failure is never a reward of 0.
+Two forms of reward function; the signature decides (``is_batched``):
+
+- per-sample (alignkit's): ``fn(completion: str, **example_fields) -> float | None``. It also receives
+  ``prompt=`` and ``completion_ids=`` when the scorer has them and the function accepts them (a parameter of
+  that name, or ``**kwargs``; the built-ins take ``**_``); they win over an example field of the same name.
+- batched (TRL's): a function with parameters named ``prompts`` and ``completions`` (plural), called once
+  per batch as ``fn(prompts=[...], completions=[...], completion_ids=[...], **columns) -> list[float | None]``
+  where ``columns`` maps each example field to its list of values (None where an example lacks it); a
+  function without ``**kwargs`` gets only the columns it names. When every prompt is a list of chat messages,
+  each completion is given as ``[{"role": "assistant", "content": text}]`` (TRL's conversational form).
+
+Values: a real number (bool counts as 0/1; numpy scalars are fine) is the reward. ``None`` means "not
+applicable" (TRL's convention): that component is left out of the sample's total (weight and all), the sample
+is not failed; when every component of a sample is None the sample *is* failed as "no_applicable_reward" (TRL
+would give NaN, then 0 through nansum: a silent 0 is what alignkit refuses).
+
+A component that raises (``RewardError`` from a verifier or the sandbox, or any exception from a user
+function), returns a non-number, NaN, inf, or a value beyond float32's range (|r| > 3.4e38: the loss is
+computed in float32) makes the sample *failed*: ``ScoredSample.total`` is None, ``failed`` names the component
+and ``error`` says why; the failure is logged with the example index. A batched function that raises or
+returns a list of the wrong length fails every sample of the batch. The caller counts failed samples
+(``reward_metrics``, ``RewardFailureMonitor``) and leaves them out of the loss: a failure is never a reward of 0.
 Task success is kept apart from the shaped reward: ``success`` is whether the component named by
-``success_key`` (default "accuracy") is 1.0, None when that component is absent or failed.
+``success_key`` (default "accuracy") is 1.0, None when that component is absent, None or failed.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import logging
 import math
 import numbers
+import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from alignkit.rewards.accuracy import accuracy_reward, digit_match_reward
 from alignkit.rewards.code import code_reward
@@ -33,7 +56,7 @@ from alignkit.rewards.length import length_penalty
 
 logger = logging.getLogger(__name__)
 
-RewardFn = Callable[..., float]
+RewardFn = Callable[..., float | None]
 BUILTIN_REWARDS: dict[str, RewardFn] = {
     "accuracy": accuracy_reward,
     "digits": digit_match_reward,
@@ -43,11 +66,35 @@ BUILTIN_REWARDS: dict[str, RewardFn] = {
     "length": length_penalty,
     "code": code_reward,
 }
-_SANDBOXED = {code_reward}  # run in threads by score_batch (they wait on a subprocess)
+_SANDBOXED = (code_reward,)  # run in threads by score_batch (they wait on a subprocess); or fn.sandboxed = True
+NO_APPLICABLE = "no_applicable_reward"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _import_module(spec: str, module_name: str):
+    """Import ``module_name``; if it is not found and the working directory is not on sys.path (console
+    scripts such as ``alignkit`` leave it off; ``python -m`` puts it on), append the working directory and retry."""
+    cwd = os.getcwd()
+    for attempt in (0, 1):
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name and not (module_name == e.name or module_name.startswith(e.name + ".")):
+                raise ValueError(f"reward {spec!r}: cannot import module {module_name!r}: it imports {e.name!r}, "
+                                 f"which is not installed") from e
+            if attempt or cwd in sys.path or "" in sys.path:
+                raise ValueError(f"reward {spec!r}: cannot import module {module_name!r}: no such module; it must "
+                                 f"be importable from the current working directory ({cwd}) or a directory on "
+                                 "PYTHONPATH") from e
+            sys.path.append(cwd)
+            logger.info("reward %r: importing %r from the working directory %s", spec, module_name, cwd)
+        except Exception as e:  # a syntax error or an exception while the module runs
+            raise ValueError(f"reward {spec!r}: cannot import module {module_name!r}: {type(e).__name__}: {e}") from e
 
 
 def resolve_reward(spec: str) -> RewardFn:
-    """The reward function for a built-in name or a ``"package.module:function"`` spec.
+    """The reward function for a built-in name or a ``"package.module:function"`` spec (``function`` may be
+    dotted: ``Class.method``). The module is imported from the current working directory or PYTHONPATH.
 
     >>> resolve_reward("accuracy").__name__, resolve_reward("alignkit.rewards.format:format_reward").__name__
     ('accuracy_reward', 'format_reward')
@@ -58,10 +105,7 @@ def resolve_reward(spec: str) -> RewardFn:
     if not sep or not module_name or not attr:
         raise ValueError(f"unknown reward {spec!r}: use a built-in name ({', '.join(BUILTIN_REWARDS)}) "
                          "or 'package.module:function'")
-    try:
-        obj = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"reward {spec!r}: cannot import module {module_name!r}: {e}") from e
+    obj = _import_module(spec, module_name)
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ValueError(f"reward {spec!r}: module {module_name!r} has no attribute {attr!r}")
@@ -93,11 +137,12 @@ def build_rewards(weights: Mapping[str, float], options: Mapping[str, Mapping[st
 
 @dataclass(frozen=True)
 class ScoredSample:
-    """One completion's score. ``total`` is None iff a component failed (then ``failed``/``error`` say which
-    and why, and ``components`` holds those computed before it)."""
+    """One completion's score. ``total`` is None iff the sample failed (then ``failed``/``error`` say which
+    component and why, and ``components`` holds those computed before it). A component value of None means
+    "not applicable" (left out of ``total``)."""
 
     total: float | None
-    components: dict[str, float] = field(default_factory=dict)
+    components: dict[str, float | None] = field(default_factory=dict)
     success: bool | None = None
     failed: str | None = None
     error: str | None = None
@@ -107,36 +152,136 @@ class ScoredSample:
         return self.failed is None
 
 
-def _call(fn: RewardFn, completion: str, example: Mapping[str, object]) -> float | BaseException:
+def _parameters(fn: RewardFn) -> tuple[set[str], bool] | None:
+    """(parameter names, takes **kwargs) of ``fn``; None when Python cannot tell (some builtins)."""
     try:
-        value = fn(completion, **example)
-    except Exception as e:  # a verifier failure or a bug in a user reward: counted, never a 0
-        return e
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    return {p.name for p in params}, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+_Params = tuple[set[str], bool] | None
+
+
+def is_batched(fn: RewardFn) -> bool:
+    """Whether ``fn`` is TRL's batched form: its signature has parameters named ``prompts`` and
+    ``completions`` (plural). Anything else is alignkit's per-sample form ``fn(completion, **fields)``.
+
+    >>> is_batched(lambda prompts, completions, **kw: [1.0] * len(completions)), is_batched(accuracy_reward)
+    (True, False)
+    """
+    return _takes_batch(_parameters(fn))
+
+
+def _takes_batch(found: _Params) -> bool:
+    return found is not None and {"prompts", "completions"} <= found[0]
+
+
+def _accepted(found: _Params, extras: Mapping[str, object]) -> dict[str, object]:
+    """The entries of ``extras`` that a function with parameters ``found`` takes (by name, or all of them
+    through ``**kwargs``)."""
+    if found is None:
+        return {}
+    names, var_kw = found
+    return {k: v for k, v in extras.items() if var_kw or k in names}
+
+
+def _check(value: object) -> float | None | BaseException:
+    """A reward's return value -> float, None (not applicable), or the error that fails the sample."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return float(value)
     if not isinstance(value, numbers.Real):
-        return TypeError(f"returned {type(value).__name__} {value!r}, not a float")
+        hint = " (use .item())" if hasattr(value, "item") else ""
+        return TypeError(f"returned {type(value).__name__} {value!r}, not a float{hint}")
+    try:
+        value = float(value)
+    except OverflowError:
+        return OverflowError("returned an integer beyond float range")
     if not math.isfinite(value):
         return ValueError(f"returned a non-finite value {value}")
-    return float(value)
+    if abs(value) > FLOAT32_MAX:
+        return OverflowError(f"returned {value:g}, beyond float32's range (|r| <= {FLOAT32_MAX:.3g})")
+    return value
+
+
+def _call(fn: RewardFn, completion: str, example: Mapping[str, object], extras: Mapping[str, object]
+          ) -> float | None | BaseException:
+    try:
+        value = fn(completion, **{**example, **extras})
+    except Exception as e:  # a verifier failure or a bug in a user reward: counted, never a 0
+        return e
+    return _check(value)
+
+
+def _call_batched(fn: RewardFn, completions: Sequence[str], examples: Sequence[Mapping[str, object]],
+                  prompts: Sequence, completion_ids: Sequence | None) -> list[float | None | BaseException]:
+    """One call of a TRL-style reward over the batch -> one checked value (or error) per sample."""
+    n = len(completions)
+    keys = [k for k in dict.fromkeys(k for e in examples for k in e)
+            if k not in ("prompts", "completions", "completion_ids")]
+    columns = {k: [e.get(k) for e in examples] for k in keys}
+    conversational = n > 0 and all(isinstance(p, list) and all(isinstance(m, dict) for m in p) for p in prompts)
+    given = [[{"role": "assistant", "content": c}] for c in completions] if conversational else list(completions)
+    ids = {"completion_ids": None if completion_ids is None else list(completion_ids)}
+    found = _parameters(fn)
+    try:
+        values = fn(**_accepted(found, columns), **_accepted(found, ids), prompts=list(prompts), completions=given)
+        if hasattr(values, "tolist"):
+            values = values.tolist()
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != n:
+            size = f"length {len(values)}" if isinstance(values, Sequence) else type(values).__name__
+            raise TypeError(f"batched reward returned {size}, expected a list of {n} values")
+    except Exception as e:  # the whole batch fails for this component
+        return [e] * n
+    return [_check(v) for v in values]
+
+
+def _is_sandboxed(fn: RewardFn) -> bool:
+    base = getattr(fn, "func", fn)
+    return any(base is s for s in _SANDBOXED) or bool(getattr(base, "sandboxed", False))
+
+
+def _extras(prompts: Sequence | None, completion_ids: Sequence | None, i: int) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if prompts is not None:
+        out["prompt"] = prompts[i]
+    if completion_ids is not None:
+        out["completion_ids"] = completion_ids[i]
+    return out
 
 
 def _score(completion: str, example: Mapping[str, object], rewards: Mapping[str, tuple[RewardFn, float]],
-           success_key: str, index: int | None, done: Mapping[str, float | BaseException]) -> ScoredSample:
-    components: dict[str, float] = {}
+           success_key: str, index: int | None, done: Mapping[str, float | None | BaseException],
+           extras: Mapping[str, object], params: Mapping[str, _Params], allow_none_applicable: bool = False
+           ) -> ScoredSample:
+    components: dict[str, float | None] = {}
     for name, (fn, _) in rewards.items():
-        value = done[name] if name in done else _call(fn, completion, example)
+        value = done[name] if name in done else _call(fn, completion, example, _accepted(params[name], extras))
         if isinstance(value, BaseException):
             error = f"{type(value).__name__}: {value}"
             logger.warning("reward %r failed on example %s: %s", name, index, error)
             return ScoredSample(None, components, None, name, error)
         components[name] = value
+    if components and all(v is None for v in components.values()) and not allow_none_applicable:
+        error = f"every reward returned None (not applicable): {', '.join(components)}"
+        logger.warning("no reward applies to example %s: %s", index, error)
+        return ScoredSample(None, components, None, NO_APPLICABLE, error)
     total = combine(components, {name: weight for name, (_, weight) in rewards.items()})
-    success = components[success_key] == 1.0 if success_key in components else None
-    return ScoredSample(total, components, success)
+    if abs(total) > FLOAT32_MAX:
+        return ScoredSample(None, components, None, "total", f"OverflowError: weighted total {total:g} is "
+                            "beyond float32's range")
+    value = components.get(success_key)
+    return ScoredSample(total, components, None if value is None else value == 1.0)
 
 
 def score(completion: str, example: Mapping[str, object], rewards: Mapping[str, tuple[RewardFn, float]], *,
-          success_key: str = "accuracy", index: int | None = None) -> ScoredSample:
-    """Score one completion with every reward in ``rewards`` (``{name: (fn, weight)}``).
+          success_key: str = "accuracy", index: int | None = None, prompt: object = None,
+          completion_ids: Sequence[int] | None = None) -> ScoredSample:
+    """Score one completion with every reward in ``rewards`` (``{name: (fn, weight)}``); batched rewards are
+    called with a batch of one.
 
     >>> rewards = build_rewards({"accuracy": 1.0, "format": 0.5})
     >>> score("<think>6*7</think><answer>42</answer>", {"answer": "42"}, rewards)
@@ -144,35 +289,70 @@ def score(completion: str, example: Mapping[str, object], rewards: Mapping[str, 
     >>> score("42", {}, rewards).failed  # no "answer" field: accuracy cannot be computed
     'accuracy'
     """
-    return _score(completion, example, rewards, success_key, index, {})
+    return score_batch([completion], [example], rewards, success_key=success_key, workers=1,
+                       prompts=None if prompt is None else [prompt],
+                       completion_ids=None if completion_ids is None else [completion_ids], _first_index=index)[0]
+
+
+def _threads(workers: int | None, jobs: int) -> int:
+    """``workers`` threads for sandboxed jobs; None: min(8, CPUs), at least 2 when there are several jobs."""
+    if workers is None:
+        workers = max(min(8, os.cpu_count() or 1), 2 if jobs > 1 else 1)
+    return max(1, min(workers, jobs))
 
 
 def score_batch(completions: Sequence[str], examples: Sequence[Mapping[str, object]],
                 rewards: Mapping[str, tuple[RewardFn, float]], *, success_key: str = "accuracy",
-                workers: int = 1) -> list[ScoredSample]:
-    """``score`` over a batch, rows aligned. Sandboxed rewards (code) run in ``workers`` threads; the others
-    run in the calling thread (math-verify's timeouts need the main thread), so results do not depend on
-    ``workers``."""
-    if len(completions) != len(examples):
-        raise ValueError(f"{len(completions)} completions but {len(examples)} examples")
-    sandboxed = [name for name, (fn, _) in rewards.items() if getattr(fn, "func", fn) in _SANDBOXED]
-    done: list[dict[str, float | BaseException]] = [{} for _ in completions]
-    if sandboxed and workers > 1:
-        jobs = [(i, name) for i in range(len(completions)) for name in sandboxed]
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            values = pool.map(lambda job: _call(rewards[job[1]][0], completions[job[0]], examples[job[0]]), jobs)
-            for (i, name), value in zip(jobs, values):
+                workers: int | None = None, prompts: Sequence | None = None,
+                completion_ids: Sequence[Sequence[int]] | None = None, _first_index: int | None = None,
+                _allow_none_applicable: bool = False) -> list[ScoredSample]:
+    """``score`` over a batch, rows aligned. ``prompts[i]`` (text or chat messages) and ``completion_ids[i]``
+    (the response's token ids, no padding) belong to ``completions[i]``; both optional. Batched (TRL-style)
+    rewards are called once on the whole batch. Sandboxed rewards (code, or any function with
+    ``fn.sandboxed = True``) run in ``workers`` threads -- None: min(8, CPUs), but at least 2 when there are
+    several jobs (each waits on a subprocess); the others run in the calling thread (math-verify's timeouts
+    need the main thread), so results do not depend on ``workers``."""
+    n = len(completions)
+    for name, seq in (("examples", examples), ("prompts", prompts), ("completion_ids", completion_ids)):
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"{n} completions but {len(seq)} {name}")
+    extras = [_extras(prompts, completion_ids, i) for i in range(n)]
+    params = {name: _parameters(fn) for name, (fn, _) in rewards.items()}  # inspected once per batch
+    batched = {name for name, found in params.items() if _takes_batch(found)}
+    done: list[dict[str, float | None | BaseException]] = [{} for _ in completions]
+    for name, (fn, _) in rewards.items():
+        if name in batched:
+            batch_prompts = list(prompts) if prompts is not None else [None] * n
+            for i, value in enumerate(_call_batched(fn, completions, examples, batch_prompts, completion_ids)):
                 done[i][name] = value
-    return [_score(c, e, rewards, success_key, i, d) for i, (c, e, d) in enumerate(zip(completions, examples, done))]
+    sandboxed = [name for name, (fn, _) in rewards.items() if _is_sandboxed(fn) and name not in batched]
+    jobs = [(i, name) for i in range(n) for name in sandboxed]
+    threads = _threads(workers, len(jobs))
+    if jobs and threads > 1:
+        def run(job: tuple[int, str]) -> float | None | BaseException:
+            i, name = job
+            fn = rewards[name][0]
+            return _call(fn, completions[i], examples[i], _accepted(params[name], extras[i]))
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for (i, name), value in zip(jobs, pool.map(run, jobs)):
+                done[i][name] = value
+    base = 0 if _first_index is None else _first_index
+    return [_score(completions[i], examples[i], rewards, success_key, base + i, done[i], extras[i], params,
+                   _allow_none_applicable) for i in range(n)]
 
 
 def score_with_model(completions: Sequence[str], examples: Sequence[Mapping[str, object]], prompts: Sequence,
                      rewards: Mapping[str, tuple[RewardFn, float]], reward_model=None, *, model_weight: float = 1.0,
-                     success_key: str = "accuracy", workers: int = 1) -> list[ScoredSample]:
-    """``score_batch`` plus a trained reward model (``alignkit.rewards.ModelReward``, batched forwards) as the
-    component ``model``: total += model_weight * score. ``prompts[i]`` is the prompt of ``completions[i]``
-    (the reward model reads prompt + completion). A failed sample stays failed (its model score is dropped)."""
-    scored = score_batch(completions, examples, rewards, success_key=success_key, workers=workers)
+                     success_key: str = "accuracy", workers: int | None = None,
+                     completion_ids: Sequence[Sequence[int]] | None = None) -> list[ScoredSample]:
+    """``score_batch`` (given the prompts) plus a trained reward model (``alignkit.rewards.ModelReward``,
+    batched forwards) as the component ``model``: total += model_weight * score. ``prompts[i]`` is the prompt
+    of ``completions[i]`` (the reward model reads prompt + completion). A failed sample stays failed (its model
+    score is dropped); a sample where every rule reward returned None is scored by the model alone."""
+    scored = score_batch(completions, examples, rewards, success_key=success_key, workers=workers,
+                         prompts=prompts, completion_ids=completion_ids,
+                         _allow_none_applicable=reward_model is not None)
     if reward_model is None:
         return scored
     rm = reward_model.score_batch(prompts, completions)
@@ -181,8 +361,9 @@ def score_with_model(completions: Sequence[str], examples: Sequence[Mapping[str,
 
 
 def reward_metrics(samples: Sequence[ScoredSample]) -> dict[str, float]:
-    """Metrics to log: mean and (population) std of each component and of the total over scored samples,
-    failures per component, success rate over samples with a success value.
+    """Metrics to log: mean and (population) std of each component (over the scored samples where it
+    applied: None components are skipped and counted as ``reward/skipped/<name>``) and of the total, failures
+    per component, success rate over samples with a success value.
 
     >>> reward_metrics([ScoredSample(2.0, {"accuracy": 1.0, "format": 1.0}, True),
     ...                 ScoredSample(1.0, {"accuracy": 0.0, "format": 1.0}, False),
@@ -201,8 +382,13 @@ def reward_metrics(samples: Sequence[ScoredSample]) -> dict[str, float]:
 
     if scored:
         mean_std("total", [s.total for s in scored])
-        for name in scored[0].components:
-            mean_std(name, [s.components[name] for s in scored])
+        for name in dict.fromkeys(k for s in scored for k in s.components):
+            values = [s.components[name] for s in scored if s.components.get(name) is not None]
+            if values:
+                mean_std(name, values)
+            skipped = sum(name in s.components and s.components[name] is None for s in scored)
+            if skipped:
+                metrics[f"reward/skipped/{name}"] = float(skipped)
     metrics["reward/failed"] = float(len(samples) - len(scored))
     for s in samples:
         if s.failed is not None:
