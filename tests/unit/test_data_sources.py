@@ -213,3 +213,28 @@ def test_empty_parquet_and_hub_split(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", lambda name, split=None: datasets.Dataset.from_dict({"text": []}))
     with pytest.raises(DataError, match=r"^owner/empty: no rows: the data is empty$"):
         load_records("owner/empty", "sft", split="train")
+
+
+# ---- the recipes' data sections take the source fields and pass them on -------------------------------
+
+
+def test_recipe_data_sections_pass_split_and_columns(fake_hub, tmp_path, monkeypatch):
+    from alignkit.recipes import dpo, rejection_sampling, reward_model, sft
+
+    monkeypatch.chdir(tmp_path)
+    for section in (sft.DataSection, dpo.DataSection, reward_model.DataSection, rejection_sampling.PromptsSection):
+        assert issubclass(section, DataSourceFields)
+    cfg = sft.DataSection(train_file="owner/prefs", eval_file="owner/prefs", split="train", eval_split="test",
+                          columns={"question": "prompt", "answer": "completion"})
+    train, held_out, _ = sft.load_data(cfg, seed=0)
+    assert [r.prompt for r in train] == ["q0", "q1", "q2"] and [r.prompt for r in held_out] == ["t"]
+    assert fake_hub == [("owner/prefs", "train"), ("owner/prefs", "test")]
+    prompts = rejection_sampling.load_prompt_records(rejection_sampling.PromptsSection(
+        train_file="owner/prefs", split="test", columns={"question": "prompt"}))
+    assert prompts == [{"answer": "0", "prompt": "t"}]
+    path = write_jsonl([{"q": "2+2", "good": "4", "bad": "5"}], tmp_path / "p.jsonl")
+    for recipe in (dpo, reward_model):
+        section = recipe.DataSection(train_file=str(path), eval_file=str(path),
+                                     columns={"q": "prompt", "good": "chosen", "bad": "rejected"})
+        train, held_out = recipe.load_data(section, seed=0)
+        assert [(r.prompt, r.chosen, r.rejected) for r in train + held_out] == [("2+2", "4", "5")] * 2

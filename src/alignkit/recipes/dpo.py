@@ -75,6 +75,7 @@ import torch
 from pydantic import Field, model_validator
 
 from alignkit.config import ModelSection, OptimSection, OutputSection, Section, to_yaml
+from alignkit.data.source import DataSourceFields
 from alignkit.infra import PhaseTimer, RunLogger, plot_metrics, progress, seed_everything
 from alignkit.infra.checkpoint import GracefulStop, latest_checkpoint, load_checkpoint, save_checkpoint
 from alignkit.infra.rundir import prepare_run_dir
@@ -98,8 +99,8 @@ MIXED_KINDS = ("wrong_answer", "bad_format")  # wrong_trace needs a model that c
 CACHE_FILE = "ref_logprobs.safetensors"
 
 
-class DataSection(Section):
-    train_file: str | None = Field(None, description="preference data (jsonl/json/parquet/csv/datasets dir) with "
+class DataSection(DataSourceFields):
+    train_file: str | None = Field(None, description="preference data (jsonl/json/parquet/csv/datasets dir/Hub name) with "
                                    "prompt, chosen, rejected (strings or chat messages); None = synthetic arithmetic")
     eval_file: str | None = Field(None, description="held-out preference data; None = split eval_fraction off train_file")
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="held-out fraction of train_file when no eval_file")
@@ -215,9 +216,10 @@ def load_data(cfg: DataSection, seed: int) -> tuple[list, list]:
         train_p, eval_p = make_split(cfg.n_train, cfg.n_eval, level=cfg.level, seed=seed)
         kw = dict(rejected=cfg.rejected, max_offset=cfg.max_offset)
         return arithmetic_preferences(train_p, seed=seed, **kw), arithmetic_preferences(eval_p, seed=seed + 1, **kw)
-    records = load_records(cfg.train_file, "preference")
+    records = load_records(cfg.train_file, "preference", split=cfg.split, columns=cfg.columns)
     if cfg.eval_file is not None:
-        return records, load_records(cfg.eval_file, "preference")
+        return records, load_records(cfg.eval_file, "preference", split=cfg.eval_split or cfg.split,
+                                     columns=cfg.columns)
     return split_records(records, eval_fraction=cfg.eval_fraction, seed=seed)
 
 

@@ -22,11 +22,12 @@ from typing import Literal
 from pydantic import Field
 
 from alignkit.config import ModelSection, RewardSection, Section, to_yaml
+from alignkit.data.source import DataSourceFields
 from alignkit.infra import progress, seed_everything
 from alignkit.infra.rundir import prepare_run_dir
 
 
-class PromptsSection(Section):
+class PromptsSection(DataSourceFields):
     train_file: str | None = Field(None, description="prompt records (prompt + ground-truth fields); None = synthetic arithmetic")
     levels: list[int] = Field([1, 2, 3], description="synthetic: arithmetic levels")
     n_prompts: int = Field(500, gt=0, description="prompts to sample (synthetic: never a held-out question)")
@@ -74,7 +75,7 @@ def load_prompt_records(cfg: PromptsSection) -> list[dict]:
     if cfg.train_file is None:
         problems = arithmetic_train_problems(cfg.offset + cfg.n_prompts, cfg.levels)[cfg.offset:]
         return [{"prompt": p.question, "answer": p.answer_text, "level": p.level} for p in problems]
-    records = load_records(cfg.train_file, "prompt")[cfg.offset:cfg.offset + cfg.n_prompts]
+    records = load_records(cfg.train_file, "prompt", split=cfg.split, columns=cfg.columns)[cfg.offset:cfg.offset + cfg.n_prompts]
     return [dict(r.extra, prompt=r.prompt) for r in records]
 
 

@@ -29,6 +29,7 @@ import torch
 from pydantic import Field
 
 from alignkit.config import ModelSection, OptimSection, OutputSection, Section, to_yaml
+from alignkit.data.source import DataSourceFields
 from alignkit.infra import PhaseTimer, RunLogger, plot_metrics, progress, seed_everything
 from alignkit.infra.checkpoint import GracefulStop, latest_checkpoint, load_checkpoint, save_checkpoint
 from alignkit.infra.rundir import prepare_run_dir
@@ -48,8 +49,8 @@ from alignkit.losses import aggregate_loss, sft_loss
 log = logging.getLogger("alignkit.sft")
 
 
-class DataSection(Section):
-    train_file: str | None = Field(None, description="SFT data (jsonl/json/parquet/csv/datasets dir); None = synthetic arithmetic")
+class DataSection(DataSourceFields):
+    train_file: str | None = Field(None, description="SFT data (jsonl/json/parquet/csv/datasets dir/Hub name); None = synthetic arithmetic")
     eval_file: str | None = Field(None, description="held-out SFT data; None = split eval_fraction off train_file")
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="held-out fraction of train_file when no eval_file")
     n_train: int = Field(2000, gt=0, description="synthetic: training problems")
@@ -86,9 +87,10 @@ def load_data(cfg: DataSection, seed: int):
     if cfg.train_file is None:
         train_p, eval_p = make_split(cfg.n_train, cfg.n_eval, level=cfg.level, seed=seed)
         return to_sft_records(train_p, style=cfg.style), to_sft_records(eval_p, style=cfg.style), eval_p
-    records = load_records(cfg.train_file, "sft")
+    records = load_records(cfg.train_file, "sft", split=cfg.split, columns=cfg.columns)
     if cfg.eval_file is not None:
-        return records, load_records(cfg.eval_file, "sft"), None
+        return records, load_records(cfg.eval_file, "sft", split=cfg.eval_split or cfg.split,
+                                     columns=cfg.columns), None
     train, held_out = split_records(records, eval_fraction=cfg.eval_fraction, seed=seed)
     return train, held_out, None
 
