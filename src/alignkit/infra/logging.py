@@ -40,7 +40,9 @@ class RunLogger:
             kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         elif resume_step is None and self.path.exists():
-            self.path.unlink()  # a fresh run replaces an old file of the same name
+            # output.resume with no checkpoint saved: the run starts again at step 0 (for any other earlier run
+            # here, alignkit.infra.rundir.prepare_run_dir has refused or, with output.overwrite, emptied the dir)
+            self.path.unlink()
         self._file = self.path.open("a")
         if wandb_project:
             try:
