@@ -308,3 +308,15 @@ def test_sandboxed_rewards_run_in_parallel_by_default_with_identical_results():
     assert default == score_batch(completions, examples, rewards, workers=1)
     assert default == score_batch(completions, examples, rewards, workers=3)
     assert elapsed < 8 * 0.2 * 0.75  # at least 2 threads: well under the serial 1.6 s
+
+
+# ---------------------------------------------------------------- the docs page runs
+
+
+def test_docs_examples_run():
+    import doctest
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "rewards.md"
+    result = doctest.testfile(str(page), module_relative=False, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 10 and result.failed == 0
