@@ -203,3 +203,148 @@ def test_run_many_runs_in_parallel_and_keeps_order():
     assert time.monotonic() - start < 1.9  # 4 x 0.5 s sequential would be 2 s or more
     if ROOT:
         assert len({r.uid for r in results}) == 4  # one uid per concurrent run
+
+
+# ---------------------------------------------------------------- issue 16: sandbox edges
+
+
+def test_a_flood_whose_write_errors_are_caught_is_still_an_output_limit():
+    code = (
+        "import os\n"
+        "for _ in range(10000):\n"
+        "    try:\n"
+        "        os.write(1, b'x' * 65536)\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    r = run_in_sandbox(code, max_file_mb=1, max_output_bytes=1000)
+    assert (r.returncode, r.status, r.truncated) == (0, "output_limit", True)
+
+
+@needs_root
+def test_unix_sockets_under_run_are_out_of_reach():
+    if not sandbox_setup().private_tmp:
+        pytest.skip("no mount namespace here: /run is shared")
+    path = f"/run/alignkit-test-{os.getpid()}.sock"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        os.chmod(path, 0o777)  # connectable by anyone on the host
+        listener.listen(1)
+        try:
+            code = (
+                "import socket, os\n"
+                f"for p in ({path!r}, {path.replace('/run/', '/var/run/')!r}):\n"
+                "    try:\n"
+                "        socket.socket(socket.AF_UNIX).connect(p)\n"
+                "        print('CONNECTED')\n"
+                "    except OSError as e:\n"
+                "        print('FAILED', type(e).__name__)\n"
+                "print(sorted(os.listdir('/run')))\n"
+            )
+            r = run_in_sandbox(code)
+        finally:
+            os.unlink(path)
+    assert r.status == "ok", r.stderr
+    assert "CONNECTED" not in r.stdout and r.stdout.count("FAILED") == 2
+    assert r.stdout.splitlines()[-1] == "['lock']"
+
+
+def test_the_code_cannot_create_namespaces():
+    if not sandbox_setup().seccomp:
+        pytest.skip("no seccomp here: the code can create user namespaces (documented)")
+    code = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "for flags in (0x10000000, 0x40000000, 0x20000):  # user, net, mount\n"
+        "    print('unshare', libc.unshare(flags), ctypes.get_errno())\n"
+        "pid = libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)  # raw clone(CLONE_NEWUSER | SIGCHLD), x86_64\n"
+        "if pid == 0:\n"
+        "    os._exit(0)\n"
+        "print('clone', pid, ctypes.get_errno())\n"
+        "print('fork', os.fork() >= 0 and os.wait() is not None)  # plain fork still works\n"
+    )
+    r = run_in_sandbox(code)
+    assert r.status == "ok", r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:3] == ["unshare -1 1"] * 3  # EPERM
+    if os.uname().machine == "x86_64":
+        assert lines[3] == "clone -1 1"
+    assert lines[-1] == "fork True"
+
+
+def _code_processes(cpu_s: int) -> list[int]:
+    """Processes whose CPU limit is ``cpu_s`` (a value only the test's run uses): found across uids and pid
+    namespaces through /proc/<pid>/limits."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/limits") as f:
+                    if any(line.startswith("Max cpu time") and line.split()[3] == str(cpu_s) for line in f):
+                        found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def _start_trainer(timeout_s: float, cpu_s: int):
+    import subprocess
+    script = ("from alignkit.rewards.sandbox import run_in_sandbox\n"
+              f"run_in_sandbox('import time\\ntime.sleep(60)', timeout_s={timeout_s}, cpu_s={cpu_s})\n")
+    trainer = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 15
+    while not _code_processes(cpu_s):
+        assert time.monotonic() < deadline, "the sandboxed code never started"
+        assert trainer.poll() is None
+        time.sleep(0.05)
+    return trainer
+
+
+def _wait_gone(cpu_s: int, within_s: float) -> float:
+    start = time.monotonic()
+    while _code_processes(cpu_s):
+        assert time.monotonic() - start < within_s, "the sandboxed code outlived its limits"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+@needs_root
+def test_killing_the_trainer_mid_run_ends_the_code():
+    cpu_s = 900 + os.getpid() % 97
+    trainer = _start_trainer(60, cpu_s)
+    trainer.kill()
+    trainer.wait()
+    _wait_gone(cpu_s, within_s=3)  # parent-death signals: launcher, then init and the namespace
+
+
+@needs_root
+def test_the_launcher_enforces_its_own_deadline_when_the_trainer_cannot():
+    import signal
+    cpu_s = 800 + os.getpid() % 97
+    trainer = _start_trainer(1, cpu_s)
+    trainer.send_signal(signal.SIGSTOP)  # alive but frozen: its wall clock never fires
+    try:
+        _wait_gone(cpu_s, within_s=8)  # timeout_s + the launcher's grace (3 s) + start-up
+    finally:
+        trainer.kill()
+        trainer.wait()
+
+
+def test_stale_run_directories_are_swept(tmp_path):
+    import subprocess
+
+    from alignkit.rewards.sandbox import sweep_stale_run_dirs
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs (reuse within the test is vanishingly unlikely)
+    dead_dir = tmp_path / f"alignkit-sandbox-{dead.pid}-abcd1234"
+    live_dir = tmp_path / f"alignkit-sandbox-{os.getppid()}-abcd1234"
+    old_unnamed, new_unnamed = tmp_path / "alignkit-sandbox-zzzz9999", tmp_path / "alignkit-sandbox-yyyy8888"
+    locks = tmp_path / "alignkit-sandbox-uids"
+    for d in (dead_dir, live_dir, old_unnamed, new_unnamed, locks):
+        d.mkdir()
+        (d / "stdout").write_text("x")
+    os.utime(old_unnamed, (time.time() - 3600, time.time() - 3600))
+    os.utime(locks, (time.time() - 3600, time.time() - 3600))
+    removed = sweep_stale_run_dirs(str(tmp_path), max_age_s=300)
+    assert sorted(removed) == sorted([str(dead_dir), str(old_unnamed)])
+    assert live_dir.exists() and new_unnamed.exists() and locks.exists()
