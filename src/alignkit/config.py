@@ -171,7 +171,14 @@ class LoraSection(Section):
 
 class ModelSection(Section):
     path: str = Field("bundled", description="'bundled' = the shipped tiny base model ('bundled-student': its "
-                      "smaller sibling); 'tiny' = a fresh random tiny model; else a local model directory")
+                      "smaller sibling); 'tiny' = a fresh random tiny model; else a local model directory, a "
+                      ".gguf file, or a Hugging Face Hub id (org/name, through the HF cache)")
+    gguf_file: str | None = Field(None, description="name of a .gguf file in the directory model.path, loaded "
+                                  "dequantized with its tokenizer (needs `pip install gguf`)")
+    attn_implementation: str | None = Field(None, description="attention kernel passed to from_pretrained "
+                                            "('eager', 'sdpa', 'flash_attention_2', ...; None: transformers' default)")
+    chat_template: str | None = Field(None, description="Jinja chat template (a file path or the template "
+                                      "itself) replacing the tokenizer's; None: the tokenizer's own")
     arch: Literal["llama", "qwen2"] = Field("llama", description="path=tiny: architecture")
     hidden_size: int = Field(64, gt=0, description="path=tiny: hidden size")
     num_layers: int = Field(2, gt=0, description="path=tiny: transformer layers")
