@@ -186,4 +186,5 @@ def code_reward(completion: str, *, tests: Sequence[str] | str, timeout_s: float
 
 # Options that must come from the reward options, not a data row (the registry lets a row field override a
 # reward option of the same name; a scorer that honours this attribute keeps rows away from these).
+code_reward.sandboxed = True  # waits on a subprocess: a scorer may run it in worker threads
 code_reward.config_only = frozenset({"max_timeout_s", "max_memory_mb", "allow_weak_isolation", "statement_tests"})
