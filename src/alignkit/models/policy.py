@@ -56,3 +56,20 @@ def load_policy(cfg: ModelSection):
                            attn_implementation=cfg.attn_implementation)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code, chat_template=cfg.chat_template)
     return model, tokenizer
+
+
+def load_vllm(cfg: ModelSection, *, seed: int = 0):
+    """A ``vllm.LLM`` on the weights :func:`load_policy` would load, for sampling from a fixed model
+    (rejection sampling's ``backend: vllm``): a local directory or Hub id as is, a GGUF file by its path (vLLM
+    reads its tokenizer from it), in ``cfg.dtype``. Untested in this project: no GPU with vLLM runs its
+    tests. Training recipes refuse vLLM: nothing syncs trained weights into it."""
+    if cfg.path == "tiny":
+        raise ValueError("backend=vllm loads the model by path: use a saved model, not model.path=tiny")
+    try:
+        import vllm
+    except ImportError as err:
+        raise ImportError("backend='vllm' needs vLLM, an optional GPU dependency: pip install 'alignkit[vllm]' "
+                          "(or use backend='native', which runs everywhere)") from err
+    source = policy_source(cfg)
+    model = str(Path(source.location) / source.gguf_file) if source.gguf_file else source.location
+    return vllm.LLM(model=model, dtype=cfg.dtype, seed=seed, trust_remote_code=cfg.trust_remote_code)

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from alignkit.advantages import group_advantages, zero_variance_groups
 from alignkit.config import ModelSection, OptimSection, OutputSection, RLRewardSection, Section, to_yaml
@@ -80,7 +80,15 @@ class RolloutSection(Section):
     top_k: int | None = Field(None, gt=0, description="top-k filtering (None = off)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus filtering (1 = off)")
     stop: list[str] = Field([], description="stop strings")
-    backend: Literal["native", "hf", "vllm"] = Field("native", description="sampler backend")
+    backend: Literal["native", "hf", "vllm"] = Field("native", description="sampler backend (vllm: refused until weight sync exists)")
+
+    @field_validator("backend")
+    @classmethod
+    def _vllm_needs_weight_sync(cls, backend: str) -> str:
+        if backend == "vllm":
+            raise ValueError("vllm cannot sample for GRPO training yet: nothing syncs the trained weights into "
+                             "vLLM, so it would keep sampling the initial model; use native or hf")
+        return backend
     adaptive_group_size: bool = Field(False, description="larger G where the model is unsure, smaller where confident")
     min_group_size: int = Field(4, gt=1, description="adaptive G: smallest group")
     max_group_size: int = Field(16, gt=1, description="adaptive G: largest group")

@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from alignkit.advantages import gae, whiten
 from alignkit.config import ModelSection, OptimSection, OutputSection, RLRewardSection, Section, to_yaml
@@ -108,7 +108,15 @@ class RolloutSection(Section):
     top_k: int | None = Field(None, gt=0, description="top-k filtering (None = off)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus filtering (1 = off)")
     stop: list[str] = Field([], description="stop strings")
-    backend: Literal["native", "hf", "vllm"] = Field("native", description="sampler backend")
+    backend: Literal["native", "hf", "vllm"] = Field("native", description="sampler backend (vllm: refused until weight sync exists)")
+
+    @field_validator("backend")
+    @classmethod
+    def _vllm_needs_weight_sync(cls, backend: str) -> str:
+        if backend == "vllm":
+            raise ValueError("vllm cannot sample for PPO training yet: nothing syncs the trained weights into "
+                             "vLLM, so it would keep sampling the initial model; use native or hf")
+        return backend
 
 
 class KLSection(Section):

@@ -41,7 +41,7 @@ class SamplingSection(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus filtering")
     max_new_tokens: int = Field(48, gt=0, description="longest completion")
     batch_prompts: int = Field(64, gt=0, description="prompts per generate call")
-    backend: Literal["native", "hf", "vllm"] = Field("native", description="sampler backend")
+    backend: Literal["native", "hf", "vllm"] = Field("native", description="sampler backend (vllm: loads model.path into vLLM; untested without a GPU)")
     seed: int = Field(0, description="sampling seed")
 
 
@@ -83,7 +83,7 @@ def run(cfg: RejectionSamplingConfig) -> dict:
     """Sample, verify, select, write; returns the stats."""
     from alignkit.data import render_prompt, write_jsonl
     from alignkit.data.curation import select_verified
-    from alignkit.models import load_policy
+    from alignkit.models import load_policy, load_vllm
     from alignkit.rewards import build_rewards, score_batch
     from alignkit.rollout import generate
 
@@ -92,6 +92,8 @@ def run(cfg: RejectionSamplingConfig) -> dict:
     prepare_run_dir(out_dir, resume=False, overwrite=cfg.output.overwrite)  # nothing to resume: sampling is redone
     (out_dir / "config.yaml").write_text(to_yaml(cfg))
     model, tokenizer = load_policy(cfg.model)
+    if cfg.sampling.backend == "vllm":  # vLLM samples the same weights, loaded by path (untested: no GPU CI)
+        model = load_vllm(cfg.model, seed=cfg.sampling.seed)
     rewards = build_rewards(cfg.reward.weights, cfg.reward.options)
     records = load_prompt_records(cfg.prompts)
     prompts, dropped = [], 0
