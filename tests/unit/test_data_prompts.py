@@ -75,3 +75,11 @@ def test_prompt_section_split_and_columns(tmp_path, tok):
     pools, held_out, _ = load_prompts(cfg, tok)
     assert [(p, f) for _, p, f in pools[1]] == [("2+3", {"answer": "5", "level": 1})]
     assert [(h.question, h.answer) for h in held_out] == [("1+1", "2")]
+
+
+def test_render_many_names_the_row_of_a_bare_prompt(tok):
+    from alignkit.data import render_many
+
+    with pytest.raises(DataError, match=r"^<records>, row 2: example is \d+ tokens, longer than max_length=20; "
+                                        r"raise max_length or set on_overflow='drop' \(a prompt is never truncated\)$"):
+        render_many(tok, ["2+3", "9" * 40], kind="prompt", max_length=20)

@@ -218,7 +218,9 @@ def render_many(
         raise ValueError(f"unknown record kind {kind!r}; expected one of {sorted(_RENDERERS)}")
     rendered, dropped = [], 0
     for i, rec in enumerate(records, start=1):
-        if not (kind == "prompt" and isinstance(rec, (str, list))):  # a bare prompt needs no schema
+        if kind == "prompt" and isinstance(rec, (str, list)):  # a bare prompt needs no schema, only its row
+            rec = PromptRecord(prompt=rec, row=i)
+        else:
             rec = parse_record(kind, rec, row=i)
         out = _RENDERERS[kind](tokenizer, rec, max_length=max_length, on_overflow=on_overflow)
         if out is None:
