@@ -127,14 +127,21 @@ def load_causal_lm(
     source = path if isinstance(path, ModelSource) else model_source(path)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if source.gguf_file:
-        from transformers import GgufConfig
-
         _require_gguf()
-        kwargs["quantization_config"] = GgufConfig(dequantize=True)  # dense, trainable, saveable
+        try:
+            from transformers import GgufConfig
+        except ImportError:  # transformers before GgufConfig: a GGUF always loads dequantized
+            pass
+        else:
+            kwargs["quantization_config"] = GgufConfig(dequantize=True)  # dense, trainable, saveable
     elif source.local:
         kwargs["use_safetensors"] = True if any(Path(source.location).glob("*.safetensors")) else None
     model = _load(AutoModelForCausalLM.from_pretrained, source, dtype=resolve_dtype(dtype),
                   trust_remote_code=trust_remote_code, **kwargs)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if source.gguf_file and quantizer is not None and not any(
+            type(m).__name__.startswith(("Gguf", "Ggml")) for m in model.modules()):
+        quantizer.remove_quantization_config(model)  # dense weights: a plain model that save_pretrained accepts
     return model.to(device).eval()
 
 
