@@ -176,3 +176,12 @@ def test_a_tokenizer_without_template_keeps_none(tmp_path):
     tok.chat_template = None
     tok.save_pretrained(tmp_path)
     assert load_tokenizer(tmp_path).chat_template is None
+
+
+def test_reward_model_trunk_from_a_gguf(tiny_gguf):
+    from alignkit.models.reward import build_reward_model
+
+    d, ref, ref_tok = tiny_gguf
+    model, tok = build_reward_model(ModelSection(path=str(d / "tiny.gguf")))
+    assert type(model).__name__ == "LlamaForSequenceClassification" and tok.pad_token_id == ref_tok.pad_token_id
+    torch.testing.assert_close(model.model.embed_tokens.weight, ref.model.embed_tokens.weight, atol=0, rtol=0)

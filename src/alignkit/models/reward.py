@@ -61,16 +61,18 @@ def build_reward_model(cfg: ModelSection, *, seed: int = 0):
     """-> (reward model, tokenizer) to train, per the config: ``tiny`` a fresh tiny trunk; ``bundled`` or a
     local directory: that model's trunk (a causal LM's head is replaced by a new score head; a directory
     that already holds a reward model loads with its head)."""
-    from alignkit.models.loading import DTYPES, load_tokenizer
+    from alignkit.models.loading import load_tokenizer, resolve_dtype
     from alignkit.models.policy import load_policy, resolve_model_path
 
-    if cfg.path == "tiny":
+    if cfg.path == "tiny" or cfg.gguf_file or cfg.path.endswith(".gguf"):  # a GGUF file holds a causal LM
         causal_lm, tokenizer = load_policy(cfg)
         return reward_model_from_causal_lm(causal_lm, pad_token_id=tokenizer.pad_token_id, seed=seed), tokenizer
     path = resolve_model_path(cfg.path)
-    tokenizer = load_tokenizer(path, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_tokenizer(path, trust_remote_code=cfg.trust_remote_code, chat_template=cfg.chat_template)
+    attn = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
     model, info = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, pad_token_id=tokenizer.pad_token_id, dtype=DTYPES[cfg.dtype], local_files_only=True,
+        path, num_labels=1, pad_token_id=tokenizer.pad_token_id, dtype=resolve_dtype(cfg.dtype), **attn,
+        local_files_only=True,
         trust_remote_code=cfg.trust_remote_code, use_safetensors=True if any(path.glob("*.safetensors")) else None,
         output_loading_info=True)
     if any(k.startswith("score.") for k in info["missing_keys"]):  # a causal LM: its head is new
