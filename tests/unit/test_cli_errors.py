@@ -3,6 +3,7 @@ run as the user runs it, in a subprocess."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,8 +48,6 @@ def test_a_run_directory_in_use_is_refused(tmp_path):
     assert_one_line(proc, "sft", str(tmp_path / "r"), "output.resume=true", "output.overwrite=true")
 
 
-@pytest.mark.xfail(reason="needs the data loader to raise DataError for non-UTF-8 and empty files (issue 16, "
-                          "data side); passes once that lands", strict=False)
 @pytest.mark.parametrize("content, needle", [(b'{"prompt": "a", "completion": "\xff"}\n', "UTF-8"),
                                              (b"", "no rows")])
 def test_bad_data_file_is_one_line(tmp_path, content, needle):
@@ -59,6 +58,6 @@ def test_bad_data_file_is_one_line(tmp_path, content, needle):
 
 
 def test_console_script_is_the_same_entry_point(tmp_path):
-    script = subprocess.run([str(__import__("pathlib").Path(sys.executable).parent / "alignkit"), "sft",
-                             "train.steps=0"], capture_output=True, text=True, timeout=300)
+    script = subprocess.run([str(Path(sys.executable).parent / "alignkit"), "sft", "train.steps=0"],
+                            capture_output=True, text=True, timeout=300)
     assert_one_line(script, "sft", "'train.steps'")
