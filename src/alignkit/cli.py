@@ -21,6 +21,7 @@ from alignkit.config import ConfigError, describe, load_config
 from alignkit.data.schemas import DataError
 from alignkit.infra.checkpoint import StopNow, latest_checkpoint
 from alignkit.infra.rundir import RunDirError
+from alignkit.rewards.errors import RewardFailureError
 
 # Errors that name what the user must fix: one line, exit 2, wherever they are raised.
 USER_ERRORS = (ConfigError, DataError, RunDirError, FileNotFoundError)
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         return _fail(prog, err, 2)
     except FloatingPointError as err:  # the non-finite guard stopped the run: its message says what to do
+        return _fail(prog, err, 1)
+    except RewardFailureError as err:  # most samples failed to score: the message names the component and error
         return _fail(prog, err, 1)
     except ValueError as err:
         if getattr(err, "during_training", False):

@@ -205,6 +205,9 @@ class RewardSection(Section):
                                       description="reward name or module:function -> weight (0 = log only)")
     options: dict[str, dict[str, Any]] = Field({}, description="keyword options per reward, e.g. {language: {language: en}}")
     success_key: str = Field("accuracy", description="component whose value 1.0 means the task was solved")
+    max_failed_share: float = Field(0.5, ge=0, le=1, description="stop the run when more than this share of the "
+                                    "last failure_window samples failed to score (a reward raised, NaN, sandbox)")
+    failure_window: int = Field(64, gt=0, description="samples over which max_failed_share is measured")
 
 
 class RLRewardSection(RewardSection):

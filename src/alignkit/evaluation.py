@@ -81,19 +81,40 @@ def score_completions(completions: list[str], answers: list[str | int], lengths:
 
 @torch.no_grad()
 def evaluate_model(model, tokenizer, problems, *, max_new_tokens: int = 64, batch_size: int = 256,
-                   temperature: float = 0.0, require_format: bool = False) -> dict:
+                   temperature: float = 0.0, require_format: bool = False, rewards=None,
+                   success_key: str = "accuracy") -> dict:
     """Greedy (by default) answers to ``problems`` (objects with ``question`` and ``answer``, optionally
-    ``level``) -> accuracy (``strict_accuracy``), format, language, length, and ``accuracy/level_<k>`` when
-    several levels are present."""
+    ``level`` and ``fields``) -> accuracy (``strict_accuracy``; left out when a problem has no answer), format,
+    language, length, and ``accuracy/level_<k>`` when several levels are present.
+
+    ``rewards`` (``build_rewards``'s map): every component is also scored on the same greedy completions, with
+    the problem's ``fields`` (its record's ground-truth columns) and its prompt, and reported as
+    ``reward/<name>`` (mean over the samples it applied to), ``reward/total`` and ``reward/failed``."""
     from alignkit.data import render_prompt
     from alignkit.rollout import generate
 
-    texts, lengths = [], []
+    from alignkit.rollout.types import completion_id_lists
+
+    texts, lengths, ids = [], [], []
     for i in range(0, len(problems), batch_size):
         chunk = problems[i:i + batch_size]
         out = generate(model, tokenizer, [render_prompt(tokenizer, p.question) for p in chunk], num_samples=1,
                        max_new_tokens=max_new_tokens, temperature=temperature, seed=0)
         texts += out.completions
         lengths += out.response_mask.sum(-1).tolist()
-    return score_completions(texts, [p.answer for p in problems], lengths,
-                             [getattr(p, "level", None) for p in problems], require_format=require_format)
+        ids += completion_id_lists(out.completion_ids, out.response_mask)
+    answers = [p.answer for p in problems]
+    if all(a is not None for a in answers):
+        out = score_completions(texts, answers, lengths, [getattr(p, "level", None) for p in problems],
+                                require_format=require_format)
+    else:  # no ground truth to compare with: the reward components (if any) are the evaluation
+        out = score_completions(texts, ["" for _ in texts], lengths, require_format=require_format)
+        out.pop("accuracy")
+    if rewards:
+        from alignkit.rewards import reward_metrics, score_batch
+
+        examples = [dict(getattr(p, "fields", None) or {"answer": p.answer}) for p in problems]
+        scored = score_batch(texts, examples, rewards, success_key=success_key,
+                             prompts=[p.question for p in problems], completion_ids=ids)
+        out.update({k: v for k, v in reward_metrics(scored).items() if not k.endswith("/std")})
+    return out

@@ -148,7 +148,7 @@ def test_rejection_sampling_and_distillation(tmp_path, real_model_dir):
         "sampling": {"num_samples": 2, "max_new_tokens": 12}, "reward": {"weights": {"accuracy": 1.0}},
         "select": {"threshold": 0.0}, "output": {"dir": str(tmp_path), "name": "rs"}}))
     assert summary["kept"] >= 1
-    rows = [json.loads(x) for x in (tmp_path / "rs" / "samples.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (tmp_path / "rs" / "data.jsonl").read_text().splitlines()]
     assert rows and all(r["prompt"][0]["role"] == "user" for r in rows)
 
     distill.run(build_config(distill.DistillConfig, {

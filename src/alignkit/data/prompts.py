@@ -7,7 +7,7 @@ without one, or whose ``level`` is not an integer (``"hard"``, 2.5; a digit stri
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -33,6 +33,7 @@ class PromptDataSection(DataSourceFields):
 class HeldOutProblem:
     question: object  # a string or chat messages
     answer: str | None
+    fields: dict = field(default_factory=dict)  # the record's other fields, for reward functions
 
 
 def pool_level(fields: dict) -> int:
@@ -70,7 +71,7 @@ def load_prompts(cfg: PromptDataSection, tokenizer) -> tuple[dict[int, list], li
         source = cfg.train_file
         rows = [(r.prompt, r.extra, r.row) for r in
                 load_records(cfg.train_file, "prompt", split=cfg.split, columns=cfg.columns)]
-        held_out = [HeldOutProblem(r.prompt, r.extra.get("answer")) for r in
+        held_out = [HeldOutProblem(r.prompt, r.extra.get("answer"), dict(r.extra)) for r in
                     load_records(cfg.eval_file, "prompt", split=cfg.eval_split or cfg.split,
                                  columns=cfg.columns)][:cfg.n_eval] if cfg.eval_file else []
     pools: dict[int, list] = {}

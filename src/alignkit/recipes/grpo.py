@@ -221,7 +221,14 @@ def run(cfg: GRPOConfig) -> dict:
     """Train per ``cfg``; writes <output.dir>/<output.name>/ like every recipe; returns a summary."""
     from alignkit.evaluation import evaluate_model
     from alignkit.models import load_policy
-    from alignkit.rewards import build_rewards, reward_metrics, score_with_model
+    from alignkit.rewards import (
+        RewardFailureError,
+        RewardFailureMonitor,
+        build_rewards,
+        reward_metrics,
+        score_with_model,
+    )
+    from alignkit.rollout.types import completion_id_lists
 
     started = time.perf_counter()
     acc = setup_accelerator(cfg.train.precision, dtype=cfg.model.dtype)
@@ -272,11 +279,16 @@ def run(cfg: GRPOConfig) -> dict:
                        resume_step=start_step if ckpt else None, wandb_project="alignkit" if cfg.output.wandb else None)
     guard, timer = NonFiniteGuard(cfg.output.max_bad_steps, run_dir=run_dir), PhaseTimer()
 
+    monitor = RewardFailureMonitor(cfg.reward.max_failed_share, cfg.reward.failure_window)
+    if not held_out and acc.is_main_process:
+        log.warning("no held-out evaluation will run: data.train_file is set without data.eval_file")
+
     def evaluate() -> dict:
         if not held_out:
             return {}
-        return {f"eval/{k}": v for k, v in evaluate_model(plain, tokenizer, held_out,
-                                                           max_new_tokens=cfg.rollout.max_new_tokens).items()}
+        return {f"eval/{k}": v for k, v in evaluate_model(
+            plain, tokenizer, held_out, max_new_tokens=cfg.rollout.max_new_tokens,
+            rewards=rewards if cfg.data.eval_file else None, success_key=cfg.reward.success_key).items()}
 
     def ref_logprobs(batch, rows, temperature):
         if reference is not None:
@@ -296,6 +308,7 @@ def run(cfg: GRPOConfig) -> dict:
     if ckpt is None:
         logger.log(0, {**start_metrics, "data/dropped_prompts": dropped})
     metrics, t0, interrupted, time_up, step = dict(start_metrics), time.perf_counter(), False, False, start_step
+    failure = None
     bar = progress(range(start_step, cfg.train.steps), desc="grpo", unit="step", disable=not acc.is_main_process,
                    initial=start_step, total=cfg.train.steps)
     with GracefulStop() as stop:
@@ -320,7 +333,13 @@ def run(cfg: GRPOConfig) -> dict:
                 scored = score_with_model(batch["completions"], examples,
                                           [prompts[i][1] for i, g in enumerate(sizes) for _ in range(g)], rewards,
                                           reward_model, model_weight=cfg.reward.model_weight,
-                                          success_key=cfg.reward.success_key)
+                                          success_key=cfg.reward.success_key,
+                                          completion_ids=completion_id_lists(batch["completion_ids"], batch["response_mask"]))
+                try:
+                    monitor.update(scored)
+                except RewardFailureError as err:
+                    failure = err
+                    break
                 valid = torch.tensor([s.ok for s in scored])
                 raw = torch.tensor([s.total if s.ok else 0.0 for s in scored], dtype=torch.float32)
             with timer("advantages"):
@@ -424,9 +443,20 @@ def run(cfg: GRPOConfig) -> dict:
                             cfg.train.steps)
                 break
     logger.close()
+    if failure is None:
+        try:
+            monitor.close()
+        except RewardFailureError as err:
+            failure = err
     summary = eval_summary(start_metrics, metrics,
                steps=step + 1, interrupted=interrupted, time_limit_reached=time_up, non_finite_steps=guard.total,
-               wall_s=time.perf_counter() - t0, run_dir=str(run_dir))
+               wall_s=time.perf_counter() - t0, run_dir=str(run_dir), reward_failures=monitor.counters(),
+               **({} if held_out else {"eval_note": "no held-out evaluation ran: set data.eval_file"}))
+    if failure is not None:
+        summary["stopped"] = str(failure)
+        if acc.is_main_process:
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        raise failure
     if acc.is_main_process and not interrupted:
         save_final(acc.unwrap_model(model), tokenizer, run_dir)
         plot_metrics(logger.path, run_dir / "curves.png",

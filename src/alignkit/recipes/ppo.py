@@ -437,8 +437,15 @@ def run(cfg: PPOConfig) -> dict:
     """Train per ``cfg``; writes <output.dir>/<output.name>/ like every recipe (plus critic/); returns a summary."""
     from alignkit.evaluation import evaluate_model
     from alignkit.models import load_policy
-    from alignkit.rewards import build_rewards, reward_metrics, score_with_model
+    from alignkit.rewards import (
+        RewardFailureError,
+        RewardFailureMonitor,
+        build_rewards,
+        reward_metrics,
+        score_with_model,
+    )
     from alignkit.rollout import generate
+    from alignkit.rollout.types import completion_id_lists
 
     acc = setup_accelerator(cfg.train.precision, dtype=cfg.model.dtype)
     world, rank = acc.num_processes, acc.process_index
@@ -504,11 +511,16 @@ def run(cfg: PPOConfig) -> dict:
     opts = (optimizer, scheduler, guard, critic_optim, critic_sched, critic_guard)
     temperature = cfg.rollout.temperature
 
+    monitor = RewardFailureMonitor(cfg.reward.max_failed_share, cfg.reward.failure_window)
+    if not held_out and acc.is_main_process:
+        log.warning("no held-out evaluation will run: data.train_file is set without data.eval_file")
+
     def evaluate() -> dict:
         if not held_out:
             return {}
-        return {f"eval/{k}": v for k, v in evaluate_model(plain, tokenizer, held_out,
-                                                           max_new_tokens=cfg.rollout.max_new_tokens).items()}
+        return {f"eval/{k}": v for k, v in evaluate_model(
+            plain, tokenizer, held_out, max_new_tokens=cfg.rollout.max_new_tokens,
+            rewards=rewards if cfg.data.eval_file else None, success_key=cfg.reward.success_key).items()}
 
     def ref_logprobs(batch, rows):
         if reference is not None:
@@ -531,6 +543,7 @@ def run(cfg: PPOConfig) -> dict:
     if ckpt is None:
         logger.log(0, {**start_metrics, "data/dropped_prompts": dropped})
     metrics, t0, interrupted, step = dict(start_metrics), time.perf_counter(), False, start_step
+    failure = None
     bar = progress(range(start_step, cfg.train.steps), desc="ppo", unit="it", disable=not acc.is_main_process,
                    initial=start_step, total=cfg.train.steps)
     with GracefulStop() as stop:
@@ -547,7 +560,13 @@ def run(cfg: PPOConfig) -> dict:
                 g = cfg.rollout.samples_per_prompt
                 scored = score_with_model(out.completions, [p[2] for p in prompts for _ in range(g)],
                                           [p[1] for p in prompts for _ in range(g)], rewards, reward_model,
-                                          model_weight=cfg.reward.model_weight, success_key=cfg.reward.success_key)
+                                          model_weight=cfg.reward.model_weight, success_key=cfg.reward.success_key,
+                                          completion_ids=completion_id_lists(out.completion_ids, out.response_mask))
+                try:
+                    monitor.update(scored)
+                except RewardFailureError as err:
+                    failure = err
+                    break
                 valid = torch.tensor([s.ok for s in scored])
                 batch = PPOBatch(out.prompt_ids, out.prompt_mask, out.completion_ids,
                                  out.response_mask * valid[:, None].to(out.response_mask.device),
@@ -611,9 +630,20 @@ def run(cfg: PPOConfig) -> dict:
             if interrupted:
                 break
     logger.close()
+    if failure is None:
+        try:
+            monitor.close()
+        except RewardFailureError as err:
+            failure = err
     summary = eval_summary(start_metrics, metrics,
                steps=step + 1, interrupted=interrupted, non_finite_steps=guard.total + critic_guard.total,
-               wall_s=time.perf_counter() - t0, run_dir=str(run_dir))
+               wall_s=time.perf_counter() - t0, run_dir=str(run_dir), reward_failures=monitor.counters(),
+               **({} if held_out else {"eval_note": "no held-out evaluation ran: set data.eval_file"}))
+    if failure is not None:
+        summary["stopped"] = str(failure)
+        if acc.is_main_process:
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        raise failure
     if acc.is_main_process and not interrupted:
         save_final(acc.unwrap_model(model), tokenizer, run_dir)
         if critic is not None:

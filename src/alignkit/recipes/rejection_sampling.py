@@ -84,8 +84,9 @@ def run(cfg: RejectionSamplingConfig) -> dict:
     from alignkit.data import render_prompt, write_jsonl
     from alignkit.data.curation import select_verified
     from alignkit.models import load_policy, load_vllm
-    from alignkit.rewards import build_rewards, score_batch
+    from alignkit.rewards import RewardFailureMonitor, build_rewards, score_batch
     from alignkit.rollout import generate
+    from alignkit.rollout.types import completion_id_lists
 
     seed_everything(cfg.sampling.seed)
     out_dir = Path(cfg.output.dir) / cfg.output.name
@@ -106,13 +107,17 @@ def run(cfg: RejectionSamplingConfig) -> dict:
     n = cfg.sampling.num_samples
     kept_rows, per_prompt, lengths, failed, samples, passed = [], [], [], 0, 0, 0
     t0 = time.perf_counter()
+    monitor = RewardFailureMonitor(cfg.reward.max_failed_share, cfg.reward.failure_window)
     for start in progress(range(0, len(prompts), cfg.sampling.batch_prompts), desc="rejection-sample", unit="batch"):
         chunk = prompts[start:start + cfg.sampling.batch_prompts]
         out = generate(model, tokenizer, [ids for ids, _ in chunk], num_samples=n,
                        max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
                        top_p=cfg.sampling.top_p, seed=cfg.sampling.seed + start, backend=cfg.sampling.backend)
         fields = [{k: v for k, v in rec.items() if k != "prompt"} for _, rec in chunk for _ in range(n)]
-        scored = score_batch(out.completions, fields, rewards, success_key=cfg.reward.success_key)
+        scored = score_batch(out.completions, fields, rewards, success_key=cfg.reward.success_key,
+                             prompts=[rec["prompt"] for _, rec in chunk for _ in range(n)],
+                             completion_ids=completion_id_lists(out.completion_ids, out.response_mask))
+        monitor.update(scored)
         samples += len(scored)
         failed += sum(not s.ok for s in scored)
         passed += sum(s.ok and s.total >= cfg.select.threshold for s in scored)
@@ -127,6 +132,7 @@ def run(cfg: RejectionSamplingConfig) -> dict:
                 j = i * n + k
                 kept_rows.append({**rec, "completion": out.completions[j], "reward": scored[j].total})
                 lengths.append(tokens[j])
+    monitor.close()
     write_jsonl(kept_rows, out_dir / "data.jsonl")
     stats = {
         "prompts": len(prompts), "dropped_prompts": dropped, "samples": samples, "kept": len(kept_rows),
@@ -136,7 +142,7 @@ def run(cfg: RejectionSamplingConfig) -> dict:
         "kept_per_prompt_histogram": dict(sorted(Counter(per_prompt).items())),
         "kept_length_mean_tokens": sum(lengths) / max(len(lengths), 1), "failed_verifications": failed,
         "threshold": cfg.select.threshold, "wall_s": time.perf_counter() - t0,
-        "data": str(out_dir / "data.jsonl"),
+        "data": str(out_dir / "data.jsonl"), "reward_failures": monitor.counters(),
     }
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
     return stats

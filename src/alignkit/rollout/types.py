@@ -118,3 +118,14 @@ class Rollout:
         """A copy with every tensor on `device`."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return Rollout(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in values.items()})
+
+
+def completion_id_lists(completion_ids: torch.Tensor, response_mask: torch.Tensor) -> list[list[int]]:
+    """Each row's completion token ids [B, C] without the padding after it (``response_mask`` [B, C]): what
+    TRL-style reward functions receive as ``completion_ids``.
+
+    >>> completion_id_lists(torch.tensor([[5, 6, 0], [7, 0, 0]]), torch.tensor([[1, 1, 0], [1, 0, 0]]))
+    [[5, 6], [7]]
+    """
+    lengths = response_mask.sum(-1).tolist()
+    return [row[:n] for row, n in zip(completion_ids.tolist(), lengths)]
