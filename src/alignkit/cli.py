@@ -1,6 +1,8 @@
 """Command line: ``alignkit <recipe> -c CONFIG key.sub=value ...``.
 
-``alignkit --help`` lists the commands; ``alignkit <recipe> --help`` lists every option with its default.
+``alignkit --help`` lists the commands; ``alignkit <recipe> --help`` lists every option with the default the
+recipe really uses and, for a choice, its allowed values; ``alignkit pipeline r1 --help`` adds every stage's
+keys; ``alignkit --version`` prints the version.
 
 Errors the user can fix (a bad or missing config, bad data, a run directory already in use, a missing file,
 a ValueError raised while setting up, before the training loop) print one line, ``alignkit <cmd>: error:
@@ -17,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+import alignkit
 from alignkit.config import ConfigError, describe, load_config
 from alignkit.data.schemas import DataError
 from alignkit.infra.checkpoint import StopNow, latest_checkpoint
@@ -41,19 +44,57 @@ PIPELINES = {"r1": ("alignkit.pipelines.r1", "R1Config", "the DeepSeek-R1 multi-
 DEMO_CONFIG = "configs/pipelines/r1_tiny.yaml"
 
 
-def _recipe_parser(name: str, module: str, cls_name: str, doc: str) -> argparse.ArgumentParser:
-    cls = getattr(importlib.import_module(module), cls_name)
-    rows = describe(cls)
+def _option_lines(rows: list[tuple[str, str, str]]) -> str:
     width = max(len(k) for k, _, _ in rows)
-    options = "\n".join(f"  {k:<{width}}  {d}  (default: {v})" for k, v, d in rows)
+    return "\n".join(f"  {k:<{width}}  " + (f"{d}  " if d else "") + f"(default: {v})" for k, v, d in rows)
+
+
+def _recipe_parser(name: str, module: str, cls_name: str, doc: str) -> argparse.ArgumentParser:
+    mod = importlib.import_module(module)
+    cls = getattr(mod, cls_name)
+    epilog = f"config keys (set in the YAML file or as key=value overrides):\n{_option_lines(describe(cls))}"
+    if hasattr(mod, "stages"):
+        epilog += "\n\n" + _stage_help(mod, cls)
     parser = argparse.ArgumentParser(
         prog=f"alignkit {name}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"config keys (set in the YAML file or as key=value overrides):\n{options}",
+        epilog=epilog,
     )
     parser.add_argument("-c", "--config", help="YAML preset (see configs/)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4")
     parser.set_defaults(_cls=cls, _module=module)
     return parser
+
+
+def stage_defaults(mod, cls) -> list[tuple[str, str, object, set[str]]]:
+    """(stage, recipe command, config the stage runs with by default, keys the pipeline sets) for every recipe
+    stage of a pipeline module (one with ``stages(cfg, root)``) whose config is a field of ``cls``: what
+    ``alignkit pipeline <name> --help`` lists. A key is "set by the pipeline" when it differs from the stage's
+    own config section built alone, or follows a top-level string of the pipeline config (base_model, ...)."""
+    from alignkit.config import build_config
+
+    def plan(cfg):
+        root = Path(getattr(cfg, "output_dir", "runs")) / getattr(cfg, "name", "")
+        return {s.name: s for s in mod.stages(cfg, root) if s.config is not None and s.name in cls.model_fields}
+
+    cfg = cls()
+    probe = cls(**{k: f"<{k}>" for k, f in cls.model_fields.items() if isinstance(getattr(cfg, k), str)})
+    commands = {m.rsplit(".", 1)[-1]: c for c, (m, _, _) in RECIPES.items()}
+    out = []
+    for name, stage in plan(cfg).items():
+        rows = describe(stage.config)
+        others = (describe(build_config(type(stage.config), getattr(cfg, name))), describe(plan(probe)[name].config))
+        wired = {k for i, (k, v, _) in enumerate(rows) if any(o[i][1] != v for o in others)}
+        out.append((name, commands.get(stage.recipe, stage.recipe), stage.config, wired))
+    return out
+
+
+def _stage_help(mod, cls) -> str:
+    """Each recipe stage's keys with the defaults it really runs with; keys the pipeline sets are marked."""
+    parts = ["stage keys (<stage>.<key>=value; the stage's recipe documents each key):"]
+    for stage, command, conf, wired in stage_defaults(mod, cls):
+        rows = [(f"{stage}.{k}", v, "set by the pipeline" if k in wired else "") for k, v, _ in describe(conf)]
+        parts.append(f"\n{stage}.* : {command} options (see alignkit {command} --help)\n{_option_lines(rows)}")
+    return "\n".join(parts)
 
 
 def _run_recipe(name: str, argv: list[str]) -> int:
@@ -150,9 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     usage = (f"usage: alignkit <command> [-c CONFIG] [key=value ...]\n\ncommands:\n{commands}\n"
              f"  {'eval':<17} held-out accuracy and format compliance of a model directory\n"
              f"  {'pipeline r1':<17} the DeepSeek-R1 multi-stage pipeline (alignkit pipeline r1 -c CONFIG)\n"
-             f"  {'demo':<17} the main job: the R1 pipeline on the bundled tiny model\n\n`alignkit <command> --help` lists its options.")
+             f"  {'demo':<17} the main job: the R1 pipeline on the bundled tiny model\n\n`alignkit <command> --help` lists its options; "
+             "`alignkit --version` prints the version.")
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"alignkit {alignkit.__version__}")
         return 0
     name, rest = argv[0], argv[1:]
     prog = f"alignkit {name}" + (f" {rest[0]}" if name == "pipeline" and rest and not rest[0].startswith("-") else "")

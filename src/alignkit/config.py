@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from types import UnionType
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -138,16 +139,57 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     return build_config(cls, apply_overrides(data, overrides or []), source=source)
 
 
-def describe(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
-    """Flatten a config class into (dotted key, default, description) rows, for --help and the docs."""
+def choices(annotation: Any) -> list[Any] | None:
+    """The allowed values of a choice field (``Literal[...]``, also inside ``Optional``), else None.
+
+    >>> choices(Literal["constant", "linear"] | None)
+    ['constant', 'linear', None]
+    >>> choices(int) is None
+    True
+    """
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    if get_origin(annotation) in (Union, UnionType):
+        found: list[Any] = []
+        for arg in get_args(annotation):
+            sub = [None] if arg is type(None) else choices(arg)
+            if sub is None:
+                return None
+            found += sub
+        return found if any(v is not None for v in found) else None
+    return None
+
+
+def describe(config: BaseModel | type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
+    """Flatten a config into (dotted key, default, description) rows, for --help and the docs.
+
+    The defaults are read from an INSTANCE (``cls()`` when given a class), so a recipe's own section
+    defaults (``Field(default_factory=lambda: OptimSection(lr=1e-4))``) show, not the section class's. A
+    choice field's description ends with its allowed values, ``(one of: a|b|c)``.
+
+    >>> class Cfg(Section):
+    ...     optim: OptimSection = Field(default_factory=lambda: OptimSection(lr=1e-4, schedule="constant"))
+    >>> for row in describe(Cfg)[:5]:
+    ...     print(row)
+    ('optim.lr', '0.0001', 'peak AdamW learning rate')
+    ('optim.weight_decay', '0.0', 'AdamW weight decay')
+    ('optim.betas', '(0.9, 0.999)', 'AdamW betas')
+    ('optim.warmup_steps', '10', 'linear warmup steps')
+    ('optim.schedule', "'constant'", 'LR decay after warmup (one of: constant|linear|cosine)')
+    """
+    instance = config() if isinstance(config, type) else config
     rows = []
-    for name, field in cls.model_fields.items():
+    for name, field in type(instance).model_fields.items():
         key = f"{prefix}{name}"
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            rows.extend(describe(ann, key + "."))
-        else:
-            rows.append((key, repr(field.get_default(call_default_factory=True)), field.description or ""))
+        value = getattr(instance, name)
+        if isinstance(value, BaseModel):
+            rows.extend(describe(value, key + "."))
+            continue
+        text = field.description or ""
+        allowed = choices(field.annotation)
+        if allowed:
+            text = f"{text} (one of: {'|'.join(str(v) for v in allowed)})".strip()
+        rows.append((key, repr(value), text))
     return rows
 
 
