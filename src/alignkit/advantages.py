@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from alignkit.losses.aggregate import masked_mean
+from alignkit.losses.kl import kl_divergence
 
 
 def gae(
@@ -152,3 +153,130 @@ def zero_variance_groups(rewards: torch.Tensor, group_size: int | Sequence[int])
     hi = torch.zeros(n_groups).scatter_reduce(0, gid, r, "amax", include_self=False)
     lo = torch.zeros(n_groups).scatter_reduce(0, gid, r, "amin", include_self=False)
     return hi == lo
+
+
+def rloo_advantages(
+    rewards: torch.Tensor,
+    group_size: int | Sequence[int],
+    *,
+    valid: torch.Tensor | None = None,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """RLOO: REINFORCE with a leave-one-out baseline (Kool et al. 2019; Ahmadian et al. 2024).
+
+        A_i = r_i - (1 / (n - 1)) sum_{j != i} r_j  =  n / (n - 1) * (r_i - mean_g(r))
+
+    over the n valid rows of the group. No division by a std (``eps`` is accepted for the shared signature
+    of :data:`ADVANTAGE_ESTIMATORS` and unused). Invalid rows are left out of every baseline and get 0; a
+    group with fewer than 2 valid rows, or whose valid rewards are all equal, gets exactly 0.
+
+    Args:
+        rewards: [N] raw scalar rewards, the samples of a prompt in contiguous rows.
+        group_size: G, or one size per group (ragged groups).
+        valid: optional [N] bool.
+    Returns:
+        [N] advantages.
+    """
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D, got shape {tuple(rewards.shape)}")
+    gid, n_groups = _group_index(rewards.numel(), group_size)
+    r = rewards if rewards.is_floating_point() else rewards.float()
+    v = torch.ones_like(r, dtype=torch.bool) if valid is None else valid.bool()
+    zeros = torch.zeros(n_groups, dtype=r.dtype)
+    count = zeros.scatter_add(0, gid, v.to(r.dtype))
+    total = zeros.scatter_add(0, gid, torch.where(v, r, torch.zeros_like(r)))
+    baseline = (total[gid] - r) / (count[gid] - 1).clamp(min=1)
+    hi = zeros.scatter_reduce(0, gid, torch.where(v, r, torch.full_like(r, -torch.inf)), "amax", include_self=False)
+    lo = zeros.scatter_reduce(0, gid, torch.where(v, r, torch.full_like(r, torch.inf)), "amin", include_self=False)
+    degenerate = (hi == lo) | (count < 2)
+    return torch.where(degenerate[gid] | ~v, torch.zeros_like(r), r - baseline)
+
+
+def reinforce_pp_advantages(
+    rewards: torch.Tensor,
+    group_size: int | Sequence[int],
+    *,
+    valid: torch.Tensor | None = None,
+    eps: float = 1e-8,
+    baseline: str = "group",
+) -> torch.Tensor:
+    """REINFORCE++ (Hu et al. 2025), sequence level: a baseline, then normalization over the WHOLE batch.
+
+        x_i = r_i - mean_g(r)   (baseline="group": REINFORCE++-baseline; all-equal groups give x = 0)
+        x_i = r_i - mean_B(r)   (baseline="batch": the plain REINFORCE++ of a batch with one sample a prompt)
+        A_i = x_i / (std_B(x) + eps)     population std over every valid row of the batch
+
+    Unlike GRPO no group's std is used: a group with a small reward gap keeps a small advantage. With the
+    group baseline the batch mean of x is 0 already and is not subtracted again, so rows of all-equal groups
+    stay exactly 0. Invalid rows are left out of every statistic and get 0; an all-equal batch gives 0.
+
+    REINFORCE++ puts the KL to the reference in the reward, per token: the token-level form is
+    ``whiten(discounted_returns(kl_shaped_token_rewards(x, ...), response_mask), response_mask)`` with the
+    sequence-level x above as the rewards (gamma = 1).
+
+    Args:
+        rewards: [N] raw scalar rewards, the samples of a prompt in contiguous rows.
+        group_size: G, or one size per group (ragged groups).
+        valid: optional [N] bool.
+        baseline: "group" or "batch".
+    Returns:
+        [N] advantages.
+    """
+    if baseline not in ("group", "batch"):
+        raise ValueError(f"unknown REINFORCE++ baseline {baseline!r}; choose group or batch")
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D, got shape {tuple(rewards.shape)}")
+    _group_index(rewards.numel(), group_size)
+    r = rewards if rewards.is_floating_point() else rewards.float()
+    v = torch.ones_like(r, dtype=torch.bool) if valid is None else valid.bool()
+    zeros = torch.zeros_like(r)
+    if not v.any() or r[v].max() == r[v].min():
+        return zeros
+    if baseline == "group":
+        x = group_advantages(r, group_size, scale=False, valid=v)
+    else:
+        x = torch.where(v, r - r[v].mean(), zeros)
+    std = (x[v] - x[v].mean()).square().mean().sqrt()
+    return torch.where(v, x / (std + eps), zeros)
+
+
+def kl_shaped_token_rewards(
+    rewards: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    beta: float,
+    estimator: str = "k1",
+) -> torch.Tensor:
+    """Per-token rewards with the KL to the reference as reward shaping (InstructGPT; PPO-RLHF, REINFORCE++).
+
+        token_rewards_t = -beta * KL_t  (+ rewards[b] at the row's last response token)
+        KL_t = kl_divergence(logprobs, ref_logprobs, estimator)   (k1 = logprob - ref_logprob)
+
+    The last response token is the EOS, or the last token of a truncated completion. Feed the result to
+    :func:`gae` (PPO) or :func:`discounted_returns` (REINFORCE++).
+
+    Args:
+        rewards: [B] sequence rewards.
+        logprobs: [B, T] logprobs of the sampled tokens under the behaviour policy (detached).
+        ref_logprobs: [B, T] under the reference.
+        response_mask: [B, T].
+    Returns:
+        token_rewards [B, T], 0 where masked.
+    """
+    mask = response_mask.to(logprobs.dtype)
+    kl = kl_divergence(logprobs.detach(), ref_logprobs.detach(), estimator=estimator) * mask
+    last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1, keepdim=True)
+    score = torch.zeros_like(kl).scatter_(1, last, rewards[:, None].to(kl.dtype)) * mask
+    return -beta * kl + score
+
+
+# name -> fn(rewards [N], group_size, *, valid=None, eps=1e-8, **its own options) -> advantages [N].
+# Options: "grpo" std_ddof (0), scale (True; False = Dr. GRPO); "rloo" none; "reinforce_pp" baseline
+# ("group" or "batch"). An option another estimator does not take is a TypeError, never ignored.
+ADVANTAGE_ESTIMATORS = {
+    "grpo": group_advantages,
+    "rloo": rloo_advantages,
+    "reinforce_pp": reinforce_pp_advantages,
+}
