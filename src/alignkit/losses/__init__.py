@@ -3,7 +3,8 @@
 from alignkit.losses.aggregate import AGGREGATIONS, aggregate_loss, masked_mean, masked_sum
 from alignkit.losses.distill import forward_kl_distill_loss, generalized_jsd_loss, reverse_kl_loss
 from alignkit.losses.dpo import DPO_LOSS_TYPES, dpo_loss
-from alignkit.losses.grpo import grpo_loss
+from alignkit.losses.dapo import DynamicSampler, overlong_mask, select_informative_groups, soft_overlong_penalty
+from alignkit.losses.grpo import POLICY_LOSSES, cispo_policy_loss, grpo_loss, gspo_policy_loss
 from alignkit.losses.kl import KL_ESTIMATORS, AdaptiveKLController, kl_divergence
 from alignkit.losses.kto import kto_loss, kto_reference_point
 from alignkit.losses.orpo import log1mexp, orpo_loss
@@ -21,7 +22,8 @@ from alignkit.losses.sft import sft_loss
 from alignkit.losses.simpo import simpo_loss
 
 __all__ = [
-    "AGGREGATIONS", "DPO_LOSS_TYPES", "KL_ESTIMATORS", "AdaptiveKLController", "aggregate_loss",
+    "AGGREGATIONS", "POLICY_LOSSES", "DynamicSampler", "cispo_policy_loss", "gspo_policy_loss", "overlong_mask",
+    "select_informative_groups", "soft_overlong_penalty", "DPO_LOSS_TYPES", "KL_ESTIMATORS", "AdaptiveKLController", "aggregate_loss",
     "bradley_terry_loss", "dpo_loss", "entropy_from_logits", "forward_kl_distill_loss", "grpo_loss",
     "kl_divergence", "masked_mean", "masked_sum", "policy_gradient_loss", "ppo_kl_penalty_loss",
     "ppo_objective", "ppo_policy_loss", "preference_probability", "sft_loss", "value_loss",
