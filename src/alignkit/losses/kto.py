@@ -34,7 +34,8 @@ def kto_reference_point(policy_logps_mismatched: torch.Tensor, ref_logps_mismatc
     if policy_logps_mismatched.shape != ref_logps_mismatched.shape:
         raise ValueError(f"mismatched logps shapes differ: {tuple(policy_logps_mismatched.shape)} vs "
                          f"{tuple(ref_logps_mismatched.shape)}")
-    diff = (policy_logps_mismatched - ref_logps_mismatched).detach().float()
+    diff = (policy_logps_mismatched - ref_logps_mismatched).detach()
+    diff = diff.to(torch.promote_types(diff.dtype, torch.float32))  # at least fp32 for the mean
     if diff.numel() == 0:
         return diff.new_zeros(())
     return diff.mean().clamp(min=0.0)
