@@ -18,31 +18,23 @@ Decisions, stated up front:
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from contextlib import nullcontext
-from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import Field
 
-from alignkit.config import ModelSection, OptimSection, OutputSection, Section, to_yaml
+from alignkit.config import ModelSection, OptimSection, OutputSection, Section
+from alignkit.data.order import ShuffledOrder
 from alignkit.data.source import DataSourceFields
-from alignkit.infra import PhaseTimer, RunLogger, plot_metrics, progress, seed_everything
-from alignkit.infra.checkpoint import GracefulStop, latest_checkpoint, load_checkpoint, save_checkpoint
-from alignkit.infra.rundir import prepare_run_dir
+from alignkit.infra.checkpoint import GracefulStop
+from alignkit.infra.run import Run, no_sync_unless_last, time_limit_field
 from alignkit.infra.train import (
-    NonFiniteGuard,
     backward,
     build_optimizer,
     build_scheduler,
-    eval_summary,
     optimizer_step,
     prepare_model,
-    save_final,
-    setup_accelerator,
 )
 from alignkit.losses import aggregate_loss, sft_loss
 
@@ -70,6 +62,7 @@ class TrainSection(Section):
     seed: int = Field(0, description="seed for data order and initialization")
     eval_every: int = Field(50, gt=0, description="evaluate every N steps (and at the end)")
     eval_generate: int = Field(50, ge=0, description="synthetic: held-out prompts answered greedily at evaluation")
+    time_limit_s: float | None = time_limit_field()
 
 
 class SFTConfig(Section):
@@ -80,10 +73,18 @@ class SFTConfig(Section):
     output: OutputSection = Field(default_factory=lambda: OutputSection(name="sft"), description="where results go")
 
 
-def load_data(cfg: DataSection, seed: int):
-    """-> (train records, eval records, eval problems or None). Files are validated at load time."""
+def load_data(cfg: DataSection, seed: int, train_dataset=None, eval_dataset=None):
+    """-> (train records, eval records, eval problems or None). Files (or the datasets a Python caller
+    passes) are validated at load time."""
     from alignkit.data import load_records, make_split, split_records, to_sft_records
+    from alignkit.data.objects import as_records
 
+    if train_dataset is not None:
+        records = as_records(train_dataset, "sft")
+        if eval_dataset is not None:
+            return records, as_records(eval_dataset, "sft", name="eval_dataset"), None
+        train, held_out = split_records(records, eval_fraction=cfg.eval_fraction, seed=seed)
+        return train, held_out, None
     if cfg.train_file is None:
         train_p, eval_p = make_split(cfg.n_train, cfg.n_eval, level=cfg.level, seed=seed)
         return to_sft_records(train_p, style=cfg.style), to_sft_records(eval_p, style=cfg.style), eval_p
@@ -152,117 +153,60 @@ def answer_accuracy(model, tokenizer, problems, *, max_new_tokens: int = 64) -> 
     return {"eval/answer_accuracy": acc, "eval/format": fmt}
 
 
-def run(cfg: SFTConfig) -> dict:
+def run(cfg: SFTConfig, *, model=None, tokenizer=None, train_dataset=None, eval_dataset=None,
+        callbacks=None) -> dict:
     """Train per ``cfg``; returns a summary. Writes under <output.dir>/<output.name>/: config.yaml,
-    metrics.jsonl, tensorboard/, checkpoints/, final/ (plain transformers), curves.png, summary.json."""
+    metrics.jsonl, tensorboard/, checkpoints/, final/ (plain transformers), curves.png, summary.json.
+
+    Python API (docs/python_api.md): ``model`` + ``tokenizer`` (a transformers causal LM) replace
+    ``model.path``; ``train_dataset`` / ``eval_dataset`` (a datasets.Dataset or a list of SFT rows) replace
+    ``data.train_file`` / ``data.eval_file``; ``callbacks``: ``fn(step, metrics)`` for every logged row."""
     from alignkit.data import render_many
     from alignkit.models import load_policy
 
-    acc = setup_accelerator(cfg.train.precision, dtype=cfg.model.dtype)
-    world, rank = acc.num_processes, acc.process_index
-    per_step = world * cfg.train.grad_accum
-    if cfg.train.batch_size % per_step:
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} must divide by processes x grad_accum = "
-                         f"{world} x {cfg.train.grad_accum}; e.g. batch_size={per_step * max(1, cfg.train.batch_size // per_step)}")
-    seed_everything(cfg.train.seed)
-    run_dir = Path(cfg.output.dir) / cfg.output.name
-    prepare_run_dir(run_dir, resume=cfg.output.resume, overwrite=cfg.output.overwrite, is_main=acc.is_main_process)
-    model, tokenizer = load_policy(cfg.model)
+    life = Run(cfg, desc="sft", seed=cfg.train.seed, callbacks=callbacks)
+    world, rank, B = life.world, life.rank, cfg.train.batch_size
+    life.require_divisible(B, "train.batch_size", "processes x grad_accum", world, cfg.train.grad_accum)
+    if model is None:
+        model, tokenizer = load_policy(cfg.model)
     model = prepare_model(model, cfg.model)
-    train_records, eval_records, eval_problems = load_data(cfg.data, cfg.train.seed)
+    train_records, eval_records, eval_problems = load_data(cfg.data, cfg.train.seed, train_dataset, eval_dataset)
     kw = dict(max_length=cfg.data.max_length, on_overflow=cfg.data.on_overflow)
     train, dropped = render_many(tokenizer, train_records, **kw)
     held_out, _ = render_many(tokenizer, eval_records, **kw)
     if not train:
         raise ValueError("no training examples left after rendering (all dropped?)")
-    if len(train) < cfg.train.batch_size:
-        log.warning("only %d training examples for batches of %d: examples repeat within a step", len(train),
-                    cfg.train.batch_size)
+    if len(train) < B:
+        log.warning("only %d training examples for batches of %d: examples repeat within a step", len(train), B)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
+    order = ShuffledOrder(len(train), cfg.train.seed)
+    model, optimizer = life.setup(model, optimizer, scheduler, objects={"data": order})
+    life.begin(lambda step: evaluate(life.plain, tokenizer, held_out, eval_problems,
+                                     n_generate=cfg.train.eval_generate), {"data/dropped": dropped})
 
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    start_step, order, cursor = 0, torch.randperm(len(train), generator=gen).tolist(), 0
-    ckpt = latest_checkpoint(run_dir) if cfg.output.resume else None
-    if ckpt is not None:
-        state, tensors = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, optim=cfg.optim)
-        start_step, order, cursor = state["step"], state["order"], state["cursor"]
-        gen.set_state(tensors["data_generator"])
-    model, optimizer = acc.prepare(model, optimizer)
-    if acc.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    logger = RunLogger(run_dir, tensorboard=cfg.output.tensorboard, enabled=acc.is_main_process,
-                       resume_step=start_step if ckpt else None,
-                       wandb_project="alignkit" if cfg.output.wandb else None)
-    guard, timer = NonFiniteGuard(cfg.output.max_bad_steps, run_dir=run_dir), PhaseTimer()
-    plain = acc.unwrap_model(model)
-    eval_kw = dict(n_generate=cfg.train.eval_generate)
-    start_metrics = evaluate(plain, tokenizer, held_out, eval_problems, **eval_kw)
-    if ckpt is None:
-        logger.log(0, {**start_metrics, "data/dropped": dropped})
-
-    def checkpoint(step):
-        if acc.is_main_process:
-            save_checkpoint(run_dir, step, model=acc.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
-                            state={"order": order, "cursor": cursor}, tensors={"data_generator": gen.get_state()},
-                            keep_last=cfg.output.keep_last, guards=[guard])
-        acc.wait_for_everyone()
-
-    t0, metrics, step, interrupted = time.perf_counter(), dict(start_metrics), start_step, False
-    bar = progress(range(start_step, cfg.train.steps), desc="sft", unit="step", disable=not acc.is_main_process,
-                   initial=start_step, total=cfg.train.steps)
     with GracefulStop() as stop:
-        for step in bar:
-            with timer("data"):  # every batch is full: it runs on into the next shuffled epoch
-                idx = []
-                while len(idx) < cfg.train.batch_size:
-                    if cursor >= len(order):
-                        order, cursor = torch.randperm(len(train), generator=gen).tolist(), 0
-                    take = order[cursor:cursor + cfg.train.batch_size - len(idx)]
-                    cursor += len(take)
-                    idx += take
-                examples = [train[i] for i in idx]
+        for step in life.steps():
+            with life.timer("data"):  # every batch is full: it runs on into the next shuffled epoch
+                examples = [train[i] for i in order.fill(B)]
                 num_tokens = sum(sum(e.response_mask[1:]) for e in examples)  # global target tokens
                 local = examples[rank::world]
                 micro = len(local) // cfg.train.grad_accum
-            with timer("forward_backward"):
+            with life.timer("forward_backward"):
                 loss_sum = 0.0
                 for m in range(cfg.train.grad_accum):
                     batch = collate(local[m * micro:(m + 1) * micro], tokenizer, packing=cfg.train.packing,
                                     max_length=cfg.data.max_length)
-                    sync = acc.no_sync(model) if m < cfg.train.grad_accum - 1 else nullcontext()
-                    with sync:
-                        loss = batch_loss(model, {k: v.to(acc.device) for k, v in batch.items()}, num_tokens)
-                        backward(acc, loss)
+                    with no_sync_unless_last(life.acc, model, m, cfg.train.grad_accum):
+                        loss = batch_loss(model, {k: v.to(life.acc.device) for k, v in batch.items()}, num_tokens)
+                        backward(life.acc, loss)
                     loss_sum += loss.item()
-                loss_total = float(acc.reduce(torch.tensor(loss_sum, device=acc.device), reduction="sum"))
-            with timer("update"):
-                grad_norm, applied = optimizer_step(model, optimizer, scheduler, guard=guard, loss=loss_total,
+                loss_total = float(life.acc.reduce(torch.tensor(loss_sum, device=life.acc.device), reduction="sum"))
+            with life.timer("update"):
+                grad_norm, applied = optimizer_step(model, optimizer, scheduler, guard=life.guard, loss=loss_total,
                                                     max_grad_norm=cfg.optim.max_grad_norm, step=step + 1)
             metrics = {"train/loss": loss_total, "train/grad_norm": grad_norm, "train/lr": scheduler.get_last_lr()[0],
                        "train/tokens": num_tokens, "train/skipped": int(not applied)}
-            done = step + 1
-            if done % cfg.train.eval_every == 0 or done == cfg.train.steps:
-                with timer("eval"):
-                    metrics.update(evaluate(plain, tokenizer, held_out, eval_problems, **eval_kw))
-            metrics.update(timer.summary())
-            logger.log(done, metrics)
-            bar.set_postfix(loss=f"{loss_total:.3f}", **({"acc": f"{metrics['eval/answer_accuracy']:.2f}"}
-                                                         if "eval/answer_accuracy" in metrics else {}))
-            interrupted = stop.requested
-            if interrupted or (cfg.output.save_every and done % cfg.output.save_every == 0):
-                checkpoint(done)
-            if interrupted:
+            if life.end_step(metrics, stop, postfix={"loss": "train/loss", "acc": "eval/answer_accuracy"}):
                 break
-    logger.close()
-    summary = eval_summary(start_metrics, metrics,
-               steps=step + 1, interrupted=interrupted, non_finite_steps=guard.total,
-               wall_s=time.perf_counter() - t0, run_dir=str(run_dir))
-    if acc.is_main_process and not interrupted:
-        save_final(acc.unwrap_model(model), tokenizer, run_dir)
-        plot_metrics(logger.path, run_dir / "curves.png", ["train/loss", "eval/loss", "eval/answer_accuracy"],
-                     title=cfg.output.name)
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
-
+    return life.finish(tokenizer=tokenizer, plots=["train/loss", "eval/loss", "eval/answer_accuracy"])
