@@ -24,8 +24,9 @@ def _log_probs(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
             f"student and teacher vocabularies differ ({student_logits.shape[-1]} vs "
             f"{teacher_logits.shape[-1]}): logit distillation needs the same tokenizer"
         )
-    return (torch.log_softmax(student_logits.float() / temperature, dim=-1),
-            torch.log_softmax(teacher_logits.float() / temperature, dim=-1))
+    dtype = torch.promote_types(torch.promote_types(student_logits.dtype, teacher_logits.dtype), torch.float32)
+    return (torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1),  # fp32 at least (fp64 stays)
+            torch.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1))
 
 
 def forward_kl_distill_loss(
