@@ -23,6 +23,7 @@ import alignkit
 from alignkit.config import ConfigError, describe, load_config
 from alignkit.data.schemas import DataError
 from alignkit.infra.checkpoint import StopNow, latest_checkpoint
+from alignkit.infra.logging import quiet_library_progress
 from alignkit.infra.rundir import RunDirError
 from alignkit.rewards.errors import RewardFailureError
 
@@ -200,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alignkit {alignkit.__version__}")
         return 0
     name, rest = argv[0], argv[1:]
+    if not sys.stderr.isatty():  # a log file or CI: no per-load "Loading weights" bars (progress lines instead)
+        quiet_library_progress()
     prog = f"alignkit {name}" + (f" {rest[0]}" if name == "pipeline" and rest and not rest[0].startswith("-") else "")
     try:
         return _dispatch(name, rest, usage)
