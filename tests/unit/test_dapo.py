@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from alignkit.losses import dapo
-from alignkit.losses.dapo import DynamicSampler, overlong_mask, select_informative_groups, soft_overlong_penalty
+from alignkit.losses.dapo import (
+    DynamicSampler,
+    overlong_mask,
+    select_informative_groups,
+    soft_overlong_penalty,
+)
 
 
 def test_select_informative_groups_uneven_and_invalid():

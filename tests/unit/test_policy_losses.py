@@ -110,5 +110,5 @@ def test_on_policy_every_variant_has_the_plain_policy_gradient(b, t, aggregation
 
     want = grad(lambda lp: policy_gradient_loss(lp, adv, mask))
     for name, loss_fn in POLICY_LOSSES.items():
-        got = grad(lambda lp: loss_fn(lp, lp.detach(), adv, mask))  # mu = 1: old = current
+        got = grad(lambda lp, f=loss_fn: f(lp, lp.detach(), adv, mask))  # mu = 1: old = current
         assert torch.allclose(got, want, atol=1e-12), name
