@@ -34,37 +34,20 @@ Decisions, stated up front:
 
 from __future__ import annotations
 
-import json
-import math
-import time
-from contextlib import nullcontext
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
 
-from alignkit.config import ModelSection, OptimSection, OutputSection, Section, to_yaml
+from alignkit.config import ModelSection, OptimSection, OutputSection, Section
+from alignkit.data.order import ShuffledOrder
+from alignkit.data.pairs import Pair, collate_pairs
+from alignkit.data.pairs import render_pairs as render_pairs_
 from alignkit.data.source import DataSourceFields
-from alignkit.infra import PhaseTimer, RunLogger, plot_metrics, progress, seed_everything
-from alignkit.infra.checkpoint import GracefulStop, latest_checkpoint, load_checkpoint, save_checkpoint
-from alignkit.infra.rundir import prepare_run_dir
-from alignkit.infra.train import (
-    NonFiniteGuard,
-    backward,
-    build_optimizer,
-    build_scheduler,
-    eval_summary,
-    optimizer_step,
-    prepare_model,
-    save_final,
-    setup_accelerator,
-)
+from alignkit.infra.checkpoint import GracefulStop
+from alignkit.infra.run import Run, no_sync_unless_last, time_limit_field
+from alignkit.infra.train import backward, build_optimizer, build_scheduler, optimizer_step, prepare_model
 from alignkit.losses import bradley_terry_loss
-
-if TYPE_CHECKING:
-    from alignkit.data import RenderedExample
 
 
 class DataSection(DataSourceFields):
@@ -92,6 +75,7 @@ class TrainSection(Section):
     precision: Literal["no", "bf16", "fp16"] = Field("no", description="mixed precision on GPUs")
     seed: int = Field(0, description="seed for data order and initialization")
     eval_every: int = Field(50, gt=0, description="evaluate every N steps (and at the end)")
+    time_limit_s: float | None = time_limit_field()
 
 
 class RMConfig(Section):
@@ -102,20 +86,18 @@ class RMConfig(Section):
     output: OutputSection = Field(default_factory=lambda: OutputSection(name="rm"), description="where results go")
 
 
-@dataclass
-class Pair:
-    """One rendered preference pair; both sides start with the same prompt tokens."""
-
-    chosen: RenderedExample
-    rejected: RenderedExample
-    margin: float = 0.0
-
-
-def load_data(cfg: DataSection, seed: int) -> tuple[list, list]:
-    """-> (train records, eval records). Files are validated at load time (DataError names file/row/field)."""
+def load_data(cfg: DataSection, seed: int, train_dataset=None, eval_dataset=None) -> tuple[list, list]:
+    """-> (train records, eval records). Files (or a Python caller's datasets) are validated at load time
+    (DataError names file/row/field)."""
     from alignkit.data import load_records, make_split, split_records
+    from alignkit.data.objects import as_records
     from alignkit.data.preferences import to_preference_records
 
+    if train_dataset is not None:
+        records = as_records(train_dataset, "preference")
+        if eval_dataset is not None:
+            return records, as_records(eval_dataset, "preference", name="eval_dataset")
+        return split_records(records, eval_fraction=cfg.eval_fraction, seed=seed)
     if cfg.train_file is None:
         train_p, eval_p = make_split(cfg.n_train, cfg.n_eval, level=cfg.level, seed=seed)
         kw = dict(max_offset=cfg.max_offset, rejected=cfg.rejected)
@@ -129,30 +111,15 @@ def load_data(cfg: DataSection, seed: int) -> tuple[list, list]:
 
 def render_pairs(tokenizer, records, cfg: DataSection) -> tuple[list[Pair], int]:
     """Records (typed or dicts) -> (pairs, number dropped as over-long); margins read and checked here."""
-    from alignkit.data import DataError, parse_record, render_preference
-
-    pairs, dropped = [], 0
-    for i, raw in enumerate(records, start=1):
-        rec = parse_record("preference", raw, row=i)
-        margin = rec.extra.get(cfg.margin_field) if cfg.margin_field else None
-        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
-                                   or not math.isfinite(margin)):
-            raise DataError(rec.source, rec.row, cfg.margin_field, f"must be a finite number (got {margin!r})")
-        out = render_preference(tokenizer, rec, max_length=cfg.max_length, on_overflow=cfg.on_overflow)
-        if out is None:
-            dropped += 1
-        else:
-            pairs.append(Pair(out[0], out[1], float(margin or 0.0)))
-    return pairs, dropped
+    pairs, _, counts = render_pairs_(tokenizer, records, max_length=cfg.max_length, on_overflow=cfg.on_overflow,
+                                     margin_field=cfg.margin_field, skip_identical=False)
+    return pairs, counts["dropped"]
 
 
 def collate(pairs: list[Pair], pad_token_id: int) -> dict:
     """B pairs -> right-padded [2B, T] rows (chosen 0..B-1, then rejected B..2B-1) and ``margin`` [B]."""
-    from alignkit.data import pad_batch
-
-    batch = pad_batch([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_token_id=pad_token_id)
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-            "margin": torch.tensor([p.margin for p in pairs], dtype=torch.float32)}
+    batch = collate_pairs(pairs, pad_token_id)
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "margin")}
 
 
 def pair_scores(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,107 +158,54 @@ def evaluate(model, pairs: list[Pair], pad_token_id: int, *, batch_size: int = 6
             "eval/preference_prob": float(preference_probability(c, r).mean()), "eval/loss": float(losses.mean())}
 
 
-def run(cfg: RMConfig) -> dict:
+def run(cfg: RMConfig, *, model=None, tokenizer=None, train_dataset=None, eval_dataset=None, callbacks=None) -> dict:
     """Train per ``cfg``; returns a summary. Writes under <output.dir>/<output.name>/: config.yaml,
-    metrics.jsonl, tensorboard/, checkpoints/, final/ (plain transformers), curves.png, summary.json."""
-    from alignkit.models.reward import build_reward_model
+    metrics.jsonl, tensorboard/, checkpoints/, final/ (plain transformers), curves.png, summary.json.
 
-    acc = setup_accelerator(cfg.train.precision, dtype=cfg.model.dtype)
-    world, rank = acc.num_processes, acc.process_index
-    per_step = world * cfg.train.grad_accum
-    if cfg.train.batch_size % per_step:
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} must divide by processes x grad_accum = "
-                         f"{world} x {cfg.train.grad_accum}; e.g. batch_size={per_step * max(1, cfg.train.batch_size // per_step)}")
-    seed_everything(cfg.train.seed)
-    run_dir = Path(cfg.output.dir) / cfg.output.name
-    prepare_run_dir(run_dir, resume=cfg.output.resume, overwrite=cfg.output.overwrite, is_main=acc.is_main_process)
-    model, tokenizer = build_reward_model(cfg.model, seed=cfg.train.seed)
+    Python API (docs/python_api.md): ``model`` (a transformers ``*ForSequenceClassification`` with one label)
+    + ``tokenizer`` replace the trunk of ``model.path``; ``train_dataset`` / ``eval_dataset`` (preference rows)
+    replace the data files; ``callbacks``: ``fn(step, metrics)`` for every logged row."""
+    from alignkit.models import reward as reward_models
+
+    life = Run(cfg, desc="rm", seed=cfg.train.seed, callbacks=callbacks)
+    world, rank, B = life.world, life.rank, cfg.train.batch_size
+    life.require_divisible(B, "train.batch_size", "processes x grad_accum", world, cfg.train.grad_accum)
+    if model is None:
+        model, tokenizer = reward_models.build_reward_model(cfg.model, seed=cfg.train.seed)
     model = prepare_model(model, cfg.model, task_type="SEQ_CLS")  # LoRA: the score head stays trainable
-    train_records, eval_records = load_data(cfg.data, cfg.train.seed)
+    train_records, eval_records = load_data(cfg.data, cfg.train.seed, train_dataset, eval_dataset)
     train, dropped = render_pairs(tokenizer, train_records, cfg.data)
     held_out, _ = render_pairs(tokenizer, eval_records, cfg.data)
-    if len(train) < cfg.train.batch_size or not held_out:
+    if len(train) < B or not held_out:
         raise ValueError(f"{len(train)} training and {len(held_out)} held-out pairs: need at least "
-                         f"train.batch_size={cfg.train.batch_size} and 1")
+                         f"train.batch_size={B} and 1")
     pad_id = tokenizer.pad_token_id
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
+    order = ShuffledOrder(len(train), cfg.train.seed)
+    model, optimizer = life.setup(model, optimizer, scheduler, objects={"data": order})
+    life.begin(lambda step: evaluate(life.plain, held_out, pad_id), {"data/dropped": dropped})
 
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    start_step, order, cursor = 0, torch.randperm(len(train), generator=gen).tolist(), 0
-    ckpt = latest_checkpoint(run_dir) if cfg.output.resume else None
-    if ckpt is not None:
-        state, tensors = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, optim=cfg.optim)
-        start_step, order, cursor = state["step"], state["order"], state["cursor"]
-        gen.set_state(tensors["data_generator"])
-    model, optimizer = acc.prepare(model, optimizer)
-    if acc.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    logger = RunLogger(run_dir, tensorboard=cfg.output.tensorboard, enabled=acc.is_main_process,
-                       resume_step=start_step if ckpt else None,
-                       wandb_project="alignkit" if cfg.output.wandb else None)
-    guard, timer = NonFiniteGuard(cfg.output.max_bad_steps, run_dir=run_dir), PhaseTimer()
-    plain = acc.unwrap_model(model)
-    start_metrics = evaluate(plain, held_out, pad_id)
-    if ckpt is None:
-        logger.log(0, {**start_metrics, "data/dropped": dropped})
-
-    def checkpoint(step):
-        if acc.is_main_process:
-            save_checkpoint(run_dir, step, model=acc.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
-                            state={"order": order, "cursor": cursor}, tensors={"data_generator": gen.get_state()},
-                            keep_last=cfg.output.keep_last, guards=[guard])
-        acc.wait_for_everyone()
-
-    t0, metrics, step, interrupted = time.perf_counter(), dict(start_metrics), start_step, False
-    bar = progress(range(start_step, cfg.train.steps), desc="rm", unit="step", disable=not acc.is_main_process,
-                   initial=start_step, total=cfg.train.steps)
     with GracefulStop() as stop:
-        for step in bar:
-            with timer("data"):
-                if cursor + cfg.train.batch_size > len(order):
-                    order, cursor = torch.randperm(len(train), generator=gen).tolist(), 0
-                pairs = [train[i] for i in order[cursor:cursor + cfg.train.batch_size]]
-                cursor += cfg.train.batch_size
-                local = pairs[rank::world]
+        for step in life.steps():
+            with life.timer("data"):
+                local = [train[i] for i in order.take(B)][rank::world]
                 micro = len(local) // cfg.train.grad_accum
-            with timer("forward_backward"):
+            with life.timer("forward_backward"):
                 sums = torch.zeros(3, dtype=torch.float64)  # loss, correct pairs, sum of r_w - r_l
                 for m in range(cfg.train.grad_accum):
                     batch = collate(local[m * micro:(m + 1) * micro], pad_id)
-                    sync = acc.no_sync(model) if m < cfg.train.grad_accum - 1 else nullcontext()
-                    with sync:
-                        loss, diff = batch_loss(model, {k: v.to(acc.device) for k, v in batch.items()}, len(pairs))
-                        backward(acc, loss)
+                    with no_sync_unless_last(life.acc, model, m, cfg.train.grad_accum):
+                        loss, diff = batch_loss(model, {k: v.to(life.acc.device) for k, v in batch.items()}, B)
+                        backward(life.acc, loss)
                     sums += torch.tensor([loss.item(), float((diff > 0).sum()), float(diff.sum())], dtype=torch.float64)
-                loss_total, correct, diff_sum = acc.reduce(sums.to(acc.device), reduction="sum").tolist()
-            with timer("update"):
-                grad_norm, applied = optimizer_step(model, optimizer, scheduler, guard=guard, loss=loss_total,
+                loss_total, correct, diff_sum = life.acc.reduce(sums.to(life.acc.device), reduction="sum").tolist()
+            with life.timer("update"):
+                grad_norm, applied = optimizer_step(model, optimizer, scheduler, guard=life.guard, loss=loss_total,
                                                     max_grad_norm=cfg.optim.max_grad_norm, step=step + 1)
-            metrics = {"train/loss": loss_total, "train/accuracy": correct / len(pairs),
-                       "train/margin": diff_sum / len(pairs), "train/grad_norm": grad_norm,
-                       "train/lr": scheduler.get_last_lr()[0], "train/skipped": int(not applied)}
-            done = step + 1
-            if done % cfg.train.eval_every == 0 or done == cfg.train.steps:
-                with timer("eval"):
-                    metrics.update(evaluate(plain, held_out, pad_id))
-            metrics.update(timer.summary())
-            logger.log(done, metrics)
-            bar.set_postfix(loss=f"{loss_total:.3f}", **({"acc": f"{metrics['eval/accuracy']:.2f}"}
-                                                         if "eval/accuracy" in metrics else {}))
-            interrupted = stop.requested
-            if interrupted or (cfg.output.save_every and done % cfg.output.save_every == 0):
-                checkpoint(done)
-            if interrupted:
+            metrics = {"train/loss": loss_total, "train/accuracy": correct / B, "train/margin": diff_sum / B,
+                       "train/grad_norm": grad_norm, "train/lr": scheduler.get_last_lr()[0],
+                       "train/skipped": int(not applied)}
+            if life.end_step(metrics, stop, postfix={"loss": "train/loss", "acc": "eval/accuracy"}):
                 break
-    logger.close()
-    summary = eval_summary(start_metrics, metrics,
-               steps=step + 1, interrupted=interrupted, non_finite_steps=guard.total,
-               wall_s=time.perf_counter() - t0, run_dir=str(run_dir))
-    if acc.is_main_process and not interrupted:
-        save_final(acc.unwrap_model(model), tokenizer, run_dir)
-        plot_metrics(logger.path, run_dir / "curves.png", ["train/loss", "train/accuracy", "eval/accuracy",
-                                                           "eval/margin"], title=cfg.output.name)
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    return life.finish(tokenizer=tokenizer, plots=["train/loss", "train/accuracy", "eval/accuracy", "eval/margin"])
