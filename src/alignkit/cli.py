@@ -23,7 +23,7 @@ import alignkit
 from alignkit.config import ConfigError, describe, load_config
 from alignkit.data.schemas import DataError
 from alignkit.infra.checkpoint import StopNow, latest_checkpoint
-from alignkit.infra.logging import quiet_library_progress
+from alignkit.infra.progress_bar import quiet_library_progress
 from alignkit.infra.rundir import RunDirError
 from alignkit.rewards.errors import RewardFailureError
 

@@ -7,8 +7,8 @@ import warnings
 
 import pytest
 
-from alignkit.infra import logging as runlog
-from alignkit.infra.logging import LineProgress, progress, quiet_library_progress
+from alignkit.infra import progress_bar as runlog
+from alignkit.infra.progress_bar import LineProgress, progress, quiet_library_progress
 
 
 class Clock:
