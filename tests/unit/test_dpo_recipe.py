@@ -15,6 +15,9 @@ from alignkit.infra.train import prepare_model
 from alignkit.logprobs import sequence_logprobs
 from alignkit.models import build_tiny
 from alignkit.recipes import dpo
+from alignkit.data.pairs import common_prefix_length
+from alignkit.models.forwards import prefix_sharing_mask
+from alignkit.models.reference import precompute_logps
 from alignkit.recipes.dpo import DataSection, DPOConfig, LossSection, Pair
 from alignkit.rewards import accuracy_reward, format_reward
 
@@ -133,7 +136,7 @@ def test_shared_prefix_layout_equals_the_plain_concatenated_batch(attn):
     model, tok = build_tiny()
     model.config._attn_implementation = attn
     pairs = tiny_pairs(tok, 8)
-    assert any(dpo.common_prefix_length(p.chosen.input_ids, p.rejected.input_ids) > 12 for p in pairs)
+    assert any(common_prefix_length(p.chosen.input_ids, p.rejected.input_ids) > 12 for p in pairs)
     with torch.no_grad():
         plain = dpo.pair_logps(model, dpo.collate(pairs, tok.pad_token_id))
         shared = dpo.pair_logps(model, dpo.collate(pairs, tok.pad_token_id, share_prefix=True))
@@ -183,7 +186,7 @@ def test_reference_modes_give_the_same_logprobs_after_the_policy_moved():
     copy_ref = dpo.frozen_copy(model)
     policy = prepare_model(model, ModelSection(path="tiny", lora=LoraSection(enabled=True, r=4)))
     pairs = tiny_pairs(tok, 5)
-    chosen, rejected = dpo.precompute_logps(policy, pairs, tok.pad_token_id, batch_size=2, device="cpu",
+    chosen, rejected = precompute_logps(policy, pairs, tok.pad_token_id, batch_size=2, device="cpu",
                                             share_prefix=True)
     cache = {"train_chosen": chosen, "train_rejected": rejected}
     with torch.no_grad():  # "train" the adapters: the policy now differs from the reference
@@ -275,11 +278,11 @@ def test_collate_layouts():
     assert plain["input_ids"][B, :len(pairs[0].rejected)].tolist() == pairs[0].rejected.input_ids
     shared = dpo.collate(pairs, tok.pad_token_id, share_prefix=True)
     c, r = pairs[0].chosen, pairs[0].rejected
-    S = dpo.common_prefix_length(c.input_ids, r.input_ids)
+    S = common_prefix_length(c.input_ids, r.input_ids)
     row = shared["input_ids"][0, :len(c) + len(r) - S].tolist()
     assert row == c.input_ids + r.input_ids[S:]
     assert shared["position_ids"][0, len(c)].item() == S and shared["prev"][0, len(c)].item() == S - 1
     assert shared["chosen_mask"].sum() == plain["response_mask"][:B].sum()
     assert shared["rejected_mask"].sum() == plain["response_mask"][B:].sum()
-    mask = dpo.prefix_sharing_mask(shared["segments"][:1], None)[0, 0]
+    mask = prefix_sharing_mask(shared["segments"][:1], None)[0, 0]
     assert not mask[len(c), S:len(c)].any() and mask[len(c), :S].all()  # rejected never sees chosen's rest

@@ -59,39 +59,44 @@ Decisions, stated up front:
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import logging
 import math
 import random
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
 
-from alignkit.config import ModelSection, OptimSection, OutputSection, Section, to_yaml
+from alignkit.config import ModelSection, OptimSection, OutputSection, Section
+from alignkit.data.order import ShuffledOrder
+from alignkit.data.pairs import Pair, row_length
+from alignkit.data.pairs import collate_pairs as collate
+from alignkit.data.pairs import render_pairs as render_pairs_
 from alignkit.data.source import DataSourceFields
-from alignkit.infra import PhaseTimer, RunLogger, plot_metrics, progress, seed_everything
-from alignkit.infra.checkpoint import GracefulStop, latest_checkpoint, load_checkpoint, save_checkpoint
-from alignkit.infra.rundir import prepare_run_dir
-from alignkit.infra.train import (
-    NonFiniteGuard,
-    backward,
-    build_optimizer,
-    build_scheduler,
-    eval_summary,
-    optimizer_step,
-    prepare_model,
-    save_final,
-    setup_accelerator,
+from alignkit.infra.checkpoint import GracefulStop
+from alignkit.infra.run import Run, no_sync_unless_last, time_limit_field
+from alignkit.infra.train import backward, build_optimizer, build_scheduler, optimizer_step, prepare_model
+from alignkit.losses import kl_divergence
+from alignkit.losses.preference import PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES, PairLogps
+from alignkit.models.forwards import (
+    SHARED_PREFIX_ATTENTION,
+    attention_implementation,
+    fast_paths_enabled,
+    pair_logps,
 )
-from alignkit.losses import dpo_loss, kl_divergence
+from alignkit.models.reference import (
+    data_fingerprint,
+    eval_reference,
+    frozen_copy,
+    reference_cache,
+    reference_logps,
+)
 
+REFERENCE_LOSSES = tuple(k for k in PREFERENCE_LOSSES if k not in REFERENCE_FREE_LOSSES)
 logger = logging.getLogger(__name__)
 
 REJECTED_KINDS = ("wrong_answer", "wrong_trace", "bad_format")
@@ -124,7 +129,8 @@ class ReferenceSection(Section):
 
 
 class LossSection(Section):
-    loss_type: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid: DPO; ipo: (h - 1/(2 beta))^2")
+    loss_type: Literal[REFERENCE_LOSSES] = Field("sigmoid", description="a key of alignkit.losses.PREFERENCE_LOSSES "
+                                                 "that uses the reference: sigmoid (DPO), ipo ((h - 1/(2 beta))^2)")
     beta: float = Field(0.1, gt=0, description="KL strength beta (the start value under a schedule)")
     beta_final: float | None = Field(None, gt=0, description="beta at the last step under a schedule")
     beta_schedule: Literal["constant", "linear", "cosine"] = Field(
@@ -153,6 +159,7 @@ class TrainSection(Section):
     eval_generate: int = Field(64, ge=0, description="held-out prompts with an 'answer' field answered greedily")
     eval_kl_prompts: int = Field(32, ge=0, description="held-out prompts sampled (T=1) to estimate KL to the reference")
     max_new_tokens: int = Field(48, gt=0, description="evaluation: max tokens per generated completion")
+    time_limit_s: float | None = time_limit_field()
 
 
 class DPOConfig(Section):
@@ -208,10 +215,22 @@ def arithmetic_preferences(problems, *, rejected: str = "mixed", max_offset: int
     return rows
 
 
-def load_data(cfg: DataSection, seed: int) -> tuple[list, list]:
-    """-> (train records, eval records). Files are validated at load time (DataError names file/row/field)."""
-    from alignkit.data import load_records, make_split, split_records
+def render_pairs(tokenizer, records, cfg: DataSection) -> tuple[list[Pair], list, dict]:
+    """Records -> (pairs, their parsed records, {"dropped": over-long, "skipped_identical": chosen == rejected})."""
+    return render_pairs_(tokenizer, records, max_length=cfg.max_length, on_overflow=cfg.on_overflow)
 
+
+def load_data(cfg: DataSection, seed: int, train_dataset=None, eval_dataset=None) -> tuple[list, list]:
+    """-> (train records, eval records). Files (or a Python caller's datasets) are validated at load time
+    (DataError names file/row/field)."""
+    from alignkit.data import load_records, make_split, split_records
+    from alignkit.data.objects import as_records
+
+    if train_dataset is not None:
+        records = as_records(train_dataset, "preference")
+        if eval_dataset is not None:
+            return records, as_records(eval_dataset, "preference", name="eval_dataset")
+        return split_records(records, eval_fraction=cfg.eval_fraction, seed=seed)
     if cfg.train_file is None:
         train_p, eval_p = make_split(cfg.n_train, cfg.n_eval, level=cfg.level, seed=seed)
         kw = dict(rejected=cfg.rejected, max_offset=cfg.max_offset)
@@ -221,218 +240,6 @@ def load_data(cfg: DataSection, seed: int) -> tuple[list, list]:
         return records, load_records(cfg.eval_file, "preference", split=cfg.eval_split or cfg.split,
                                      columns=cfg.columns)
     return split_records(records, eval_fraction=cfg.eval_fraction, seed=seed)
-
-
-@dataclass
-class Pair:
-    """A rendered pair (both sides start with the same prompt tokens); ``index`` keys the reference cache."""
-
-    chosen: object  # RenderedExample
-    rejected: object  # RenderedExample
-    index: int
-
-
-def render_pairs(tokenizer, records, cfg: DataSection) -> tuple[list[Pair], list, dict]:
-    """Records -> (pairs, their parsed records, {"dropped": over-long, "skipped_identical": chosen == rejected})."""
-    from alignkit.data import parse_record, render_preference
-
-    pairs, kept, counts = [], [], {"dropped": 0, "skipped_identical": 0}
-    for i, raw in enumerate(records, start=1):
-        rec = parse_record("preference", raw, row=i)
-        out = render_preference(tokenizer, rec, max_length=cfg.max_length, on_overflow=cfg.on_overflow)
-        if out is None:
-            counts["dropped"] += 1
-        elif out[0].input_ids == out[1].input_ids:
-            counts["skipped_identical"] += 1
-            logger.warning("%s, row %d: chosen and rejected are identical; pair skipped", rec.source, rec.row)
-        else:
-            pairs.append(Pair(out[0], out[1], len(pairs)))
-            kept.append(rec)
-    if counts["dropped"]:
-        logger.warning("dropped %d pairs longer than max_length=%d", counts["dropped"], cfg.max_length)
-    return pairs, kept, counts
-
-
-def common_prefix_length(a: list[int], b: list[int]) -> int:
-    """Number of leading tokens ``a`` and ``b`` share.
-
-    >>> common_prefix_length([5, 6, 7, 8], [5, 6, 9])
-    2
-    """
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def collate(pairs: list[Pair], pad_token_id: int, *, share_prefix: bool = False) -> dict:
-    """B pairs -> one batch holding chosen and rejected together; ``index`` [B] are the cache keys.
-
-    Plain (``share_prefix=False``): right-padded [2B, T] ``input_ids``, ``attention_mask``, ``response_mask``,
-    chosen rows 0..B-1, rejected rows B..2B-1.
-
-    Shared prefix: ONE right-padded row per pair, ``chosen + rejected[S:]`` with S = the pair's common prefix
-    (the prompt, and any common start of the two responses), so the prefix is computed once. [B, L] tensors:
-    ``input_ids``; ``position_ids`` (the rejected part continues at S, as if it followed the prefix);
-    ``segments`` 0 = shared prefix, 1 = rest of chosen, 2 = rest of rejected, 3 = padding (a token sees
-    earlier tokens of its own segment and of the prefix: :func:`prefix_sharing_mask`); ``prev`` = the column
-    whose logits predict the token (column S-1 for the first token after the prefix); ``chosen_mask`` /
-    ``rejected_mask`` = the column's token is a target of that side (a response token inside the prefix
-    counts for both). ``pair_logps`` gives the same numbers as the plain layout.
-    """
-    from alignkit.data import pad_batch
-
-    index = torch.tensor([p.index for p in pairs], dtype=torch.long)
-    if not share_prefix:
-        batch = pad_batch([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_token_id=pad_token_id)
-        batch["response_mask"][:, 0] = 0  # the first token of a sequence is never a target
-        return {**batch, "index": index}
-    rows = []
-    for p in pairs:
-        c, r = p.chosen, p.rejected
-        S, Lc, Lr = common_prefix_length(c.input_ids, r.input_ids), len(c), len(r)
-        rows.append((c.input_ids + r.input_ids[S:], list(range(Lc)) + list(range(S, Lr)),
-                     [0] * S + [1] * (Lc - S) + [2] * (Lr - S),
-                     [-1] + list(range(Lc - 1)) + ([S - 1] + list(range(Lc, Lc + Lr - S - 1)) if Lr > S else []),
-                     [0] + c.response_mask[1:] + [0] * (Lr - S),
-                     [0] + r.response_mask[1:S] + [0] * (Lc - S) + r.response_mask[S:]))
-    width = max(len(row[0]) for row in rows)
-    fills = (pad_token_id, 0, 3, 0, 0, 0)
-    names = ("input_ids", "position_ids", "segments", "prev", "chosen_mask", "rejected_mask")
-    out = {name: torch.tensor([row[k] + [fills[k]] * (width - len(row[0])) for row in rows], dtype=torch.long)
-           for k, name in enumerate(names)}
-    return {**out, "index": index}
-
-
-# --------------------------------------------------------------------------------------------------------
-# Log-probabilities: policy, reference (three modes), the precomputed cache.
-# --------------------------------------------------------------------------------------------------------
-
-SHARED_PREFIX_ATTENTION = ("eager", "sdpa")  # implementations that take a custom 4D mask as given
-
-
-def attention_implementation(model) -> str | None:
-    """The transformers attention implementation of ``model`` (DDP and peft wrappers looked through)."""
-    model = getattr(model, "module", model)
-    return getattr(getattr(model, "config", None), "_attn_implementation", None)
-
-
-def prefix_sharing_mask(segments: torch.Tensor, float_dtype: torch.dtype | None) -> torch.Tensor:
-    """[B, 1, L, L] mask of the shared-prefix layout: query q sees key k <= q whose segment is the prefix (0)
-    or its own. Boolean (True = attend) for sdpa, additive (0 / dtype min) when ``float_dtype`` is given."""
-    L = segments.shape[1]
-    causal = torch.ones(L, L, dtype=torch.bool, device=segments.device).tril()
-    keys, queries = segments[:, None, :], segments[:, :, None]
-    allow = (causal & ((keys == 0) | (keys == queries)))[:, None]
-    if float_dtype is None:
-        return allow
-    return torch.zeros(allow.shape, dtype=float_dtype, device=allow.device).masked_fill_(~allow, torch.finfo(float_dtype).min)
-
-
-def pair_logps(model, batch: dict) -> torch.Tensor:
-    """[2B] summed response-token logprobs, chosen then rejected, from ONE forward over a :func:`collate` batch
-    (either layout). The lm_head runs only from the first column whose logits predict a target.
-
-    Naive equivalent: ``sequence_logprobs(model, ids, mask) * response_mask`` summed per row of the plain
-    [2B, T] batch; tests/unit/test_dpo_recipe.py asserts the shared-prefix layout agrees with it."""
-    from alignkit.logprobs import selective_log_softmax, sequence_logprobs
-
-    if "segments" not in batch:
-        mask = batch["response_mask"]
-        keep = mask.shape[1] - int(mask.any(0).long().argmax())  # from the first column with any target
-        lp = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], logits_to_keep=keep)
-        return (lp * mask).sum(-1)
-    ids = batch["input_ids"]
-    B, L = ids.shape
-    rows, cols = (batch["chosen_mask"] + batch["rejected_mask"]).nonzero(as_tuple=True)  # target tokens
-    prev = batch["prev"][rows, cols]
-    first = int(prev.min())
-    eager = attention_implementation(model) == "eager"
-    mask = prefix_sharing_mask(batch["segments"], next(model.parameters()).dtype if eager else None)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=batch["position_ids"], use_cache=False,
-                   logits_to_keep=L - first).logits  # [B, L - first, V]: columns first .. L-1
-    lp = selective_log_softmax(logits[rows, prev - first], ids[rows, cols])
-    chosen = lp.new_zeros(B).index_add(0, rows, lp * batch["chosen_mask"][rows, cols])
-    rejected = lp.new_zeros(B).index_add(0, rows, lp * batch["rejected_mask"][rows, cols])
-    return torch.cat([chosen, rejected])
-
-
-@torch.no_grad()
-def reference_logps(batch: dict, *, mode: str, ref_model=None, policy=None, cache: dict | None = None,
-                    split: str = "train") -> torch.Tensor:
-    """[2B] reference logprobs of a concatenated batch: from the frozen copy, the adapter-disabled policy
-    (``policy`` unwrapped from DDP), or the cache (``cache[f"{split}_chosen"]`` [N] by ``batch["index"]``)."""
-    if mode == "precomputed":
-        idx = batch["index"].cpu()
-        return torch.cat([cache[f"{split}_chosen"][idx], cache[f"{split}_rejected"][idx]]).to(batch["input_ids"].device)
-    if mode == "adapter":
-        with policy.disable_adapter():
-            return pair_logps(policy, batch)
-    return pair_logps(ref_model, batch)
-
-
-def row_length(pair: Pair, share_prefix: bool) -> int:
-    """Columns the pair takes in a :func:`collate` batch (the sort key of length bucketing)."""
-    c, r = pair.chosen.input_ids, pair.rejected.input_ids
-    return len(c) + len(r) - common_prefix_length(c, r) if share_prefix else max(len(c), len(r))
-
-
-@torch.no_grad()
-def precompute_logps(model, pairs: list[Pair], pad_token_id: int, *, batch_size: int, device,
-                     share_prefix: bool = False, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen [N], rejected [N]) summed logprobs of every pair under ``model`` (keyed by ``pair.index``), in
-    batches of similar length (little padding). With ``world`` > 1 each process does every world-th batch;
-    the caller sums across processes."""
-    was_training = model.training
-    model.eval()
-    chosen, rejected = torch.zeros(len(pairs)), torch.zeros(len(pairs))
-    by_length = sorted(pairs, key=lambda p: row_length(p, share_prefix))
-    for n, start in enumerate(range(0, len(by_length), batch_size)):
-        if n % world != rank:
-            continue
-        group = by_length[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collate(group, pad_token_id, share_prefix=share_prefix).items()}
-        c, r = pair_logps(model, batch).float().cpu().chunk(2)
-        idx = batch["index"].cpu()
-        chosen[idx], rejected[idx] = c, r
-    model.train(was_training)
-    return chosen, rejected
-
-
-def data_fingerprint(model_cfg: ModelSection, train: list[Pair], held_out: list[Pair]) -> str:
-    """Hash of the model config and every pair's token ids: a cache made for other data is never reused."""
-    h = hashlib.sha256(json.dumps(model_cfg.model_dump(mode="json"), sort_keys=True).encode())
-    for p in train + [None] + held_out:
-        h.update(b"|" if p is None else json.dumps([p.chosen.input_ids, p.chosen.response_mask,
-                                                     p.rejected.input_ids, p.rejected.response_mask]).encode())
-    return h.hexdigest()
-
-
-def reference_cache(acc, path: Path, fingerprint: str, reference, train: list[Pair], held_out: list[Pair],
-                    pad_token_id: int, batch_size: int, share_prefix: bool) -> tuple[dict, bool]:
-    """{train_chosen, train_rejected, eval_chosen, eval_rejected} [N] fp32 from ``path`` when its fingerprint
-    matches, else computed with ``reference`` (one pass, shared across processes) and saved. -> (cache, reused)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    if path.is_file():
-        with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("fingerprint") == fingerprint:
-                return {k: f.get_tensor(k) for k in f.keys()}, True
-    cache = {}
-    for split, pairs in (("train", train), ("eval", held_out)):
-        c, r = precompute_logps(reference, pairs, pad_token_id, batch_size=batch_size, device=acc.device,
-                                share_prefix=share_prefix, rank=acc.process_index, world=acc.num_processes)
-        if acc.num_processes > 1:  # each process filled its own batches, zeros elsewhere: a sum gathers them
-            c, r = (acc.reduce(t.to(acc.device), reduction="sum").cpu() for t in (c, r))
-        cache[f"{split}_chosen"], cache[f"{split}_rejected"] = c, r
-    if acc.is_main_process:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(cache, str(tmp), metadata={"fingerprint": fingerprint})
-        tmp.replace(path)
-    return cache, False
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -461,9 +268,12 @@ def pair_loss(logps: torch.Tensor, ref_logps: torch.Tensor, *, beta: float, cfg:
     """
     pc, pr = logps.chunk(2)
     rc, rr = ref_logps.chunk(2)
-    losses, chosen_rewards, rejected_rewards = dpo_loss(
-        pc, pr, rc, rr, beta=beta, label_smoothing=cfg.label_smoothing, loss_type=cfg.loss_type,
-        reference_free=cfg.reference_free)
+    opts = {"beta": beta, "reference_free": cfg.reference_free}
+    if cfg.label_smoothing:  # only the sigmoid loss takes it; IPO refuses it (never silently ignored)
+        opts["label_smoothing"] = cfg.label_smoothing
+    ones = torch.ones_like(pc)  # sequence lengths: unused by the reference-based losses
+    losses, m = PREFERENCE_LOSSES[cfg.loss_type](PairLogps(pc, pr, ones, ones, rc, rr), **opts)
+    chosen_rewards, rejected_rewards = m["rewards/chosen"], m["rewards/rejected"]
     margin = chosen_rewards - rejected_rewards
     stats = dict(zip(STAT_KEYS, (chosen_rewards, rejected_rewards, margin,
                                  (margin > 0).float() + 0.5 * (margin == 0).float(), torch.sigmoid(margin),
@@ -481,23 +291,6 @@ def batch_loss(model, batch: dict, ref_logps: torch.Tensor, *, num_pairs: int, b
 # --------------------------------------------------------------------------------------------------------
 # Evaluation.
 # --------------------------------------------------------------------------------------------------------
-
-@contextmanager
-def eval_reference(policy, ref_model, model_cfg: ModelSection, device):
-    """The reference for evaluating fresh samples: the frozen copy, the adapter-disabled policy, or (cache /
-    reference-free without LoRA) the initial model loaded for the duration of the ``with`` block."""
-    if ref_model is not None:
-        yield ref_model
-    elif hasattr(policy, "disable_adapter"):
-        with policy.disable_adapter():
-            yield policy
-    else:
-        from alignkit.models import load_policy
-
-        model = load_policy(model_cfg)[0].to(device).eval()
-        yield model
-        del model
-
 
 @torch.no_grad()
 def held_out_kl(policy, reference_ctx, tokenizer, prompts: list, *, max_new_tokens: int, seed: int) -> float:
@@ -568,13 +361,8 @@ def evaluate(policy, tokenizer, pairs: list[Pair], records: list, ref_cache: dic
 # The run.
 # --------------------------------------------------------------------------------------------------------
 
-def frozen_copy(model):
-    """Mode 'copy': a deep copy of the initial policy, eval mode, requires_grad off."""
-    return copy.deepcopy(model).eval().requires_grad_(False)
-
-
 def setup_reference(cfg: DPOConfig, acc, model, ref_model, tokenizer, train: list[Pair], held_out: list[Pair],
-                    run_dir: Path, share_prefix: bool) -> tuple[dict, bool]:
+                    run_dir: Path, share_prefix: bool, model_key: str) -> tuple[dict, bool]:
     """-> (cache {train_*, eval_*} [N], reused from the run directory?). Call with the policy at its INITIAL
     weights (before a checkpoint is loaded). The held-out reference logprobs are cached in every mode (the
     reference never changes); the training ones only in mode 'precomputed'."""
@@ -582,140 +370,95 @@ def setup_reference(cfg: DPOConfig, acc, model, ref_model, tokenizer, train: lis
     with (model.disable_adapter() if lora else nullcontext()):  # LoRA starts as the identity, but be exact
         reference = ref_model if ref_model is not None else model
         cached = train if cfg.ref.mode == "precomputed" and not cfg.loss.reference_free else []
-        return reference_cache(acc, run_dir / CACHE_FILE, data_fingerprint(cfg.model, cached, held_out),
+        return reference_cache(acc, run_dir / CACHE_FILE, data_fingerprint(model_key, cached, held_out),
                                reference.to(acc.device), cached, held_out, tokenizer.pad_token_id, cfg.ref.batch_size,
                                share_prefix)
 
 
-def run(cfg: DPOConfig) -> dict:
+def run(cfg: DPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval_dataset=None, callbacks=None) -> dict:
     """Train per ``cfg``; returns a summary. Writes under <output.dir>/<output.name>/: config.yaml,
     metrics.jsonl, tensorboard/, ref_logprobs.safetensors, checkpoints/, final/ (plain transformers),
-    curves.png, summary.json."""
+    curves.png, summary.json.
+
+    Python API (docs/python_api.md): ``model`` + ``tokenizer`` (a transformers causal LM; the reference is its
+    initial weights) replace ``model.path``; ``train_dataset`` / ``eval_dataset`` (preference rows) replace
+    the data files; ``callbacks``: ``fn(step, metrics)`` for every logged row."""
     from alignkit.models import load_policy
 
-    t_start, cpu_start = time.perf_counter(), time.process_time()
-    acc = setup_accelerator(cfg.train.precision, dtype=cfg.model.dtype)
-    world, rank = acc.num_processes, acc.process_index
-    per_step = world * cfg.train.grad_accum
-    if cfg.train.batch_size % per_step:
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} must divide by processes x grad_accum = "
-                         f"{world} x {cfg.train.grad_accum}; e.g. batch_size={per_step * max(1, cfg.train.batch_size // per_step)}")
-    seed_everything(cfg.train.seed)
-    run_dir = Path(cfg.output.dir) / cfg.output.name
-    prepare_run_dir(run_dir, resume=cfg.output.resume, overwrite=cfg.output.overwrite, is_main=acc.is_main_process)
+    life = Run(cfg, desc="dpo", seed=cfg.train.seed, callbacks=callbacks)
+    world, rank, B, acc = life.world, life.rank, cfg.train.batch_size, life.acc
+    life.require_divisible(B, "train.batch_size", "processes x grad_accum", world, cfg.train.grad_accum)
     if cfg.ref.mode == "adapter" and not cfg.model.lora.enabled:
         raise ValueError("ref.mode=adapter uses the policy with its LoRA adapters disabled: set "
                          "model.lora.enabled=true, or use ref.mode=copy or precomputed")
-    model, tokenizer = load_policy(cfg.model)
+    user_model = model is not None
+    if model is None:
+        model, tokenizer = load_policy(cfg.model)
+    initial = frozen_copy(model) if user_model and not cfg.model.lora.enabled else None  # held-out KL reference
     ref_model = frozen_copy(model).to(acc.device) if cfg.ref.mode == "copy" and not cfg.loss.reference_free else None
+    model_key = json.dumps(cfg.model.model_dump(mode="json"), sort_keys=True)
+    if user_model:
+        model_key += f"|{type(model).__name__}|{sum(float(p.double().sum()) for p in model.parameters()):.10e}"
     model = prepare_model(model, cfg.model).to(acc.device)
-    train_records, eval_records = load_data(cfg.data, cfg.train.seed)
+    train_records, eval_records = load_data(cfg.data, cfg.train.seed, train_dataset, eval_dataset)
     train, _, counts = render_pairs(tokenizer, train_records, cfg.data)
     held_out, held_out_records, _ = render_pairs(tokenizer, eval_records, cfg.data)
-    if len(train) < cfg.train.batch_size or not held_out:
+    if len(train) < B or not held_out:
         raise ValueError(f"{len(train)} training and {len(held_out)} held-out pairs left (after {counts}): need "
-                         f"at least train.batch_size={cfg.train.batch_size} and 1")
+                         f"at least train.batch_size={B} and 1")
     pad_id, t_setup = tokenizer.pad_token_id, time.perf_counter()
-    share = cfg.train.share_prefix and attention_implementation(model) in SHARED_PREFIX_ATTENTION
-    if cfg.train.share_prefix and not share:
+    share = cfg.train.share_prefix and fast_paths_enabled() and attention_implementation(model) in SHARED_PREFIX_ATTENTION
+    if cfg.train.share_prefix and fast_paths_enabled() and not share:
         logger.warning("train.share_prefix: attention %r takes no custom mask; using the plain [2B, T] batch",
                        attention_implementation(model))
-    cache, reused = setup_reference(cfg, acc, model, ref_model, tokenizer, train, held_out, run_dir, share)
+    cache, reused = setup_reference(cfg, acc, model, ref_model, tokenizer, train, held_out, life.run_dir, share,
+                                    model_key)
     t_setup = time.perf_counter() - t_setup
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
-
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    start_step, order, cursor = 0, torch.randperm(len(train), generator=gen).tolist(), 0
-    ckpt = latest_checkpoint(run_dir) if cfg.output.resume else None
-    if ckpt is not None:
-        state, tensors = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, optim=cfg.optim)
-        start_step, order, cursor = state["step"], state["order"], state["cursor"]
-        gen.set_state(tensors["data_generator"])
-    model, optimizer = acc.prepare(model, optimizer)
-    if acc.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    log = RunLogger(run_dir, tensorboard=cfg.output.tensorboard, enabled=acc.is_main_process,
-                    resume_step=start_step if ckpt else None, wandb_project="alignkit" if cfg.output.wandb else None)
-    guard, timer = NonFiniteGuard(cfg.output.max_bad_steps, run_dir=run_dir), PhaseTimer()
-    plain = acc.unwrap_model(model)
+    order = ShuffledOrder(len(train), cfg.train.seed)
+    model, optimizer = life.setup(model, optimizer, scheduler, objects={"data": order})
     mode = "none" if cfg.loss.reference_free else cfg.ref.mode
+    load_initial = (lambda: initial) if initial is not None else (lambda: load_policy(cfg.model)[0])
+    life.begin(lambda step: evaluate(
+        life.plain, tokenizer, held_out, held_out_records, cache, beta=beta_at(step, cfg.train.steps, cfg.loss),
+        loss_cfg=cfg.loss, train_cfg=cfg.train, share_prefix=share,
+        kl_reference=lambda: eval_reference(life.plain, ref_model, load_initial, acc.device)),
+        {**{f"data/{k}": v for k, v in counts.items()}, "time/reference_setup": t_setup,
+         "data/reference_cache_reused": int(reused)})
 
-    def run_eval(step: int) -> dict:
-        return evaluate(plain, tokenizer, held_out, held_out_records, cache, beta=beta_at(step, cfg.train.steps, cfg.loss),
-                        loss_cfg=cfg.loss, train_cfg=cfg.train, share_prefix=share,
-                        kl_reference=lambda: eval_reference(plain, ref_model, cfg.model, acc.device))
-
-    start_metrics = run_eval(start_step)
-    if ckpt is None:
-        log.log(0, {**start_metrics, **{f"data/{k}": v for k, v in counts.items()},
-                    "time/reference_setup": t_setup, "data/reference_cache_reused": int(reused)})
-
-    def checkpoint(step):
-        if acc.is_main_process:
-            save_checkpoint(run_dir, step, model=acc.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
-                            state={"order": order, "cursor": cursor}, tensors={"data_generator": gen.get_state()},
-                            keep_last=cfg.output.keep_last, guards=[guard])
-        acc.wait_for_everyone()
-
-    B, micro_n = cfg.train.batch_size, cfg.train.batch_size // per_step
-    t0, metrics, step, interrupted = time.perf_counter(), dict(start_metrics), start_step, False
-    bar = progress(range(start_step, cfg.train.steps), desc="dpo", unit="step", disable=not acc.is_main_process,
-                   initial=start_step, total=cfg.train.steps)
+    micro_n = B // (world * cfg.train.grad_accum)
     with GracefulStop() as stop:
-        for step in bar:
-            with timer("data"):
-                if cursor + B > len(order):
-                    order, cursor = torch.randperm(len(train), generator=gen).tolist(), 0
-                local = [train[i] for i in order[cursor:cursor + B]][rank::world]
-                cursor += B
+        for step in life.steps():
+            with life.timer("data"):
+                local = [train[i] for i in order.take(B)][rank::world]
                 if cfg.train.bucket:
                     local.sort(key=lambda p: row_length(p, share))
                 beta = beta_at(step, cfg.train.steps, cfg.loss)
-            with timer("forward_backward"):
+            with life.timer("forward_backward"):
                 sums, loss_sum = torch.zeros(len(STAT_KEYS), dtype=torch.float64), 0.0
                 for m in range(cfg.train.grad_accum):
                     group = collate(local[m * micro_n:(m + 1) * micro_n], pad_id, share_prefix=share)
                     batch = {k: v.to(acc.device) for k, v in group.items()}
                     ref = (torch.zeros(2 * micro_n, device=acc.device) if mode == "none" else
-                           reference_logps(batch, mode=mode, ref_model=ref_model, policy=plain, cache=cache))
-                    sync = acc.no_sync(model) if m < cfg.train.grad_accum - 1 else nullcontext()
-                    with sync:
+                           reference_logps(batch, mode=mode, ref_model=ref_model, policy=life.plain, cache=cache))
+                    with no_sync_unless_last(acc, model, m, cfg.train.grad_accum):
                         loss, stat_sums = batch_loss(model, batch, ref, num_pairs=B, beta=beta, cfg=cfg.loss)
                         backward(acc, loss)
                     loss_sum += loss.item()
                     sums += stat_sums.cpu()
                 totals = acc.reduce(torch.cat([torch.tensor([loss_sum], dtype=torch.float64), sums]).to(acc.device),
                                     reduction="sum").tolist()
-                loss_total = totals[0]
-            with timer("update"):
-                grad_norm, applied = optimizer_step(model, optimizer, scheduler, guard=guard, loss=loss_total,
+            with life.timer("update"):
+                grad_norm, applied = optimizer_step(model, optimizer, scheduler, guard=life.guard, loss=totals[0],
                                                     max_grad_norm=cfg.optim.max_grad_norm, step=step + 1)
-            metrics = {"train/loss": loss_total, **{f"train/{k}": v / B for k, v in zip(STAT_KEYS, totals[1:])},
+            metrics = {"train/loss": totals[0], **{f"train/{k}": v / B for k, v in zip(STAT_KEYS, totals[1:])},
                        "train/beta": beta, "train/grad_norm": grad_norm, "train/lr": scheduler.get_last_lr()[0],
                        "train/skipped": int(not applied)}
-            done = step + 1
-            if done % cfg.train.eval_every == 0 or done == cfg.train.steps:
-                with timer("eval"):
-                    metrics.update(run_eval(done))
-            metrics.update(timer.summary())
-            log.log(done, metrics)
-            bar.set_postfix(loss=f"{loss_total:.3f}", acc=f"{metrics['train/rewards/accuracy']:.2f}")
-            interrupted = stop.requested
-            if interrupted or (cfg.output.save_every and done % cfg.output.save_every == 0):
-                checkpoint(done)
-            if interrupted:
+            if life.end_step(metrics, stop, postfix={"loss": "train/loss", "acc": "train/rewards/accuracy"}):
                 break
-    log.close()
-    summary = eval_summary(start_metrics, metrics,
-               steps=step + 1, interrupted=interrupted, non_finite_steps=guard.total, data=counts,
-               share_prefix=share, reference_cache_reused=reused,
-               setup_s=t0 - t_start, reference_setup_s=t_setup, wall_s=time.perf_counter() - t0,
-               cpu_s=time.process_time() - cpu_start, run_dir=str(run_dir))
-    if acc.is_main_process and not interrupted:
-        save_final(acc.unwrap_model(model), tokenizer, run_dir)
-        plot_metrics(log.path, run_dir / "curves.png", ["train/loss", "train/rewards/accuracy", "eval/rewards/accuracy",
-                                                        "eval/kl", "eval/preferred"], title=cfg.output.name)
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    return life.finish(tokenizer=tokenizer, plots=["train/loss", "train/rewards/accuracy", "eval/rewards/accuracy",
+                                                   "eval/kl", "eval/preferred"],
+                       data=counts, share_prefix=share, reference_cache_reused=reused,
+                       setup_s=life.loop_started - life.started, reference_setup_s=t_setup,
+                       cpu_s=time.process_time() - life.cpu_started)
