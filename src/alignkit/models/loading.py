@@ -52,9 +52,9 @@ class ModelSource:
 
 
 def model_source(path: str | Path, gguf_file: str | None = None) -> ModelSource:
-    """Resolve ``path`` (+ ``gguf_file``) to a :class:`ModelSource`; a path to a ``.gguf`` file is split into
-    its directory and file name. Raises FileNotFoundError (one line) when nothing fits."""
-    p = Path(path)
+    """Resolve ``path`` (``~`` expanded; + ``gguf_file``) to a :class:`ModelSource`; a path to a ``.gguf`` file
+    is split into its directory and file name. Raises FileNotFoundError (one line) when nothing fits."""
+    p = Path(path).expanduser()
     if p.is_file() and p.suffix == ".gguf":
         if gguf_file not in (None, p.name):
             raise ValueError(f"model.path is the GGUF file {str(p)!r} but model.gguf_file names {gguf_file!r}")

@@ -15,7 +15,7 @@ BUNDLED = {"bundled": BUNDLED_DIR, "bundled-student": ASSETS / "tiny-student-bas
 def resolve_model_path(path: str) -> Path:
     """'bundled' -> the shipped tiny base model, 'bundled-student' -> its smaller sibling (the default
     distillation student); anything else must be a local model directory (with a config.json)."""
-    p = BUNDLED.get(path, Path(path))
+    p = BUNDLED.get(path, Path(path).expanduser())
     if not (p / "config.json").is_file():
         hint = " (build it with `python scripts/build_base_model.py`)" if path in BUNDLED else ""
         raise FileNotFoundError(f"model directory not found or has no config.json: {p}{hint}")
