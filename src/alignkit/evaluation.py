@@ -12,36 +12,20 @@ for that format; the bundled base model is not asked, so its card accuracy reads
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from alignkit.data.arithmetic import (  # noqa: F401  (the held-out set lives in data/; re-exported)
+    EVAL_LEVELS,
+    EVAL_SEED,
+    EVAL_SIZE,
+    arithmetic_eval_set,
+    arithmetic_train_problems,
+    eval_size,
+)
 from alignkit.rewards import accuracy_reward, format_reward
 from alignkit.rewards.language import language_consistency_reward
-
-EVAL_LEVELS = (1, 2, 3)
-EVAL_SEED = 1000
-EVAL_SIZE = 200
-
-
-def eval_size(levels=EVAL_LEVELS) -> int:
-    """Held-out questions for ``levels``: EVAL_SIZE, or half the question space where that is smaller
-    (level 1 alone has 100 questions: 50 held out)."""
-    from alignkit.data.arithmetic import question_space
-
-    return min(EVAL_SIZE, question_space(list(levels)) // 2)
-
-
-def arithmetic_eval_set(levels=EVAL_LEVELS, n: int | None = None, seed: int = EVAL_SEED):
-    """The seeded held-out arithmetic problems (distinct questions); ``n`` defaults to ``eval_size(levels)``."""
-    from alignkit.data import make_split
-
-    return make_split(0, eval_size(levels) if n is None else n, level=list(levels), seed=seed)[1]
-
-
-def arithmetic_train_problems(n: int, levels=EVAL_LEVELS, *, seed: int = EVAL_SEED):
-    """``n`` training problems that never use a held-out question of ``arithmetic_eval_set(levels, seed=seed)``."""
-    from alignkit.data import make_split
-
-    return make_split(n, eval_size(levels), level=list(levels), seed=seed)[0]
 
 
 def strict_accuracy(completion: str, answer: str | int | float, *, require_format: bool = False) -> float:
@@ -92,7 +76,6 @@ def evaluate_model(model, tokenizer, problems, *, max_new_tokens: int = 64, batc
     ``reward/<name>`` (mean over the samples it applied to), ``reward/total`` and ``reward/failed``."""
     from alignkit.data import render_prompt
     from alignkit.rollout import generate
-
     from alignkit.rollout.types import completion_id_lists
 
     texts, lengths, ids = [], [], []
@@ -118,3 +101,16 @@ def evaluate_model(model, tokenizer, problems, *, max_new_tokens: int = 64, batc
                              prompts=[p.question for p in problems], completion_ids=ids)
         out.update({k: v for k, v in reward_metrics(scored).items() if not k.endswith("/std")})
     return out
+
+
+def held_out_evaluation(model, tokenizer, held_out, *, max_new_tokens: int, rewards: dict | None,
+                        success_key: str) -> Callable[[int], dict]:
+    """``evaluate(step) -> {"eval/...": ...}`` on held-out prompts (greedy answers; every reward component of
+    ``rewards`` when given, i.e. for a data.eval_file); {} when there are none. ``model()`` gives the model."""
+    def evaluate(step: int) -> dict:
+        if not held_out:
+            return {}
+        return {f"eval/{k}": v for k, v in evaluate_model(
+            model(), tokenizer, held_out, max_new_tokens=max_new_tokens,
+            rewards=rewards, success_key=success_key).items()}
+    return evaluate

@@ -86,7 +86,7 @@ def test_final_model_loads_in_plain_transformers_and_model_reward_ranks_correct_
 
     from alignkit.data import make_split
     from alignkit.data.preferences import to_preference_records
-    from alignkit.rewards.model_reward import ModelReward
+    from alignkit.models.reward_fn import ModelReward
 
     final = trained[1] / "final"
     _, held_out = make_split(3200, 100, level=2, seed=0)
@@ -205,7 +205,7 @@ def test_lora_trains_adapters_and_score_head_and_merged_final_scores_the_same(tm
     from alignkit.data import make_split
     from alignkit.data.preferences import to_preference_records
     from alignkit.infra import train
-    from alignkit.rewards.model_reward import ModelReward
+    from alignkit.models.reward_fn import ModelReward
 
     records = to_preference_records(make_split(16, 6, level=2, seed=3)[1], seed=3)
     seen = {}

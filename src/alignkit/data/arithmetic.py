@@ -174,3 +174,26 @@ def to_sft_records(problems: Iterable[Problem], style: str = "r1") -> list[dict]
 def to_prompt_records(problems: Iterable[Problem]) -> list[dict]:
     """RL prompt rows ``{"prompt": question, "answer": "68", "level": 1}`` (answer as a string)."""
     return [{"prompt": p.question, "answer": p.answer_text, "level": p.level} for p in problems]
+
+
+# The seeded held-out set every stage reports on (alignkit.evaluation scores it); training prompts never
+# use its questions.
+EVAL_LEVELS = (1, 2, 3)
+EVAL_SEED = 1000
+EVAL_SIZE = 200
+
+
+def eval_size(levels=EVAL_LEVELS) -> int:
+    """Held-out questions for ``levels``: EVAL_SIZE, or half the question space where that is smaller
+    (level 1 alone has 100 questions: 50 held out)."""
+    return min(EVAL_SIZE, question_space(list(levels)) // 2)
+
+
+def arithmetic_eval_set(levels=EVAL_LEVELS, n: int | None = None, seed: int = EVAL_SEED):
+    """The seeded held-out arithmetic problems (distinct questions); ``n`` defaults to ``eval_size(levels)``."""
+    return make_split(0, eval_size(levels) if n is None else n, level=list(levels), seed=seed)[1]
+
+
+def arithmetic_train_problems(n: int, levels=EVAL_LEVELS, *, seed: int = EVAL_SEED):
+    """``n`` training problems that never use a held-out question of ``arithmetic_eval_set(levels, seed=seed)``."""
+    return make_split(n, eval_size(levels), level=list(levels), seed=seed)[0]

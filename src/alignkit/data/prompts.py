@@ -50,19 +50,27 @@ def pool_level(fields: dict) -> int:
     return 0
 
 
-def load_prompts(cfg: PromptDataSection, tokenizer) -> tuple[dict[int, list], list, int]:
+def load_prompts(cfg: PromptDataSection, tokenizer, *, train_records=None, eval_records=None
+                 ) -> tuple[dict[int, list], list, int]:
     """-> ({level: [(prompt_ids, prompt, fields)]}, held-out problems, dropped count).
 
     ``fields`` (everything of the record but the prompt) go to the reward functions; the pool is
     ``pool_level(fields)``. Prompts are rendered with the chat template once, here. A prompt longer than
     ``data.max_prompt_length`` is an error naming its file, row and field (``data.on_overflow=error``) or
-    is dropped and counted (``drop``); no prompt left is an error.
+    is dropped and counted (``drop``); no prompt left is an error. ``train_records`` / ``eval_records``: rows a
+    Python caller holds (a datasets.Dataset or a list of dicts) instead of ``data.train_file`` / ``eval_file``.
     """
+    from alignkit.data.arithmetic import arithmetic_eval_set, arithmetic_train_problems
     from alignkit.data.chat import render_prompt
     from alignkit.data.loading import load_records
-    from alignkit.evaluation import arithmetic_eval_set, arithmetic_train_problems
+    from alignkit.data.objects import as_records
 
-    if cfg.train_file is None:
+    if train_records is not None:
+        source = "<train_dataset>"
+        rows = [(r.prompt, r.extra, r.row) for r in as_records(train_records, "prompt")]
+        held_out = [HeldOutProblem(r.prompt, r.extra.get("answer"), dict(r.extra)) for r in
+                    as_records(eval_records, "prompt", name="eval_dataset")][:cfg.n_eval] if eval_records is not None else []
+    elif cfg.train_file is None:
         source = SYNTHETIC
         rows = [(p.question, {"answer": p.answer_text, "level": p.level}, n) for n, p in
                 enumerate(arithmetic_train_problems(cfg.n_train, cfg.levels), start=1)]

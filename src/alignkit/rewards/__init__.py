@@ -25,7 +25,6 @@ from alignkit.rewards.errors import RewardError, RewardFailureError, RewardFailu
 from alignkit.rewards.format import format_reward, format_reward_soft
 from alignkit.rewards.language import language_consistency_reward
 from alignkit.rewards.length import length_penalty
-from alignkit.rewards.model_reward import ModelReward
 from alignkit.rewards.registry import (
     BUILTIN_REWARDS,
     ScoredSample,
@@ -41,7 +40,6 @@ from alignkit.rewards.sandbox import SandboxResult, run_in_sandbox, run_many
 
 __all__ = [
     "BUILTIN_REWARDS",
-    "ModelReward",
     "RewardError",
     "RewardFailureError",
     "RewardFailureMonitor",

@@ -346,7 +346,7 @@ def score_with_model(completions: Sequence[str], examples: Sequence[Mapping[str,
                      rewards: Mapping[str, tuple[RewardFn, float]], reward_model=None, *, model_weight: float = 1.0,
                      success_key: str = "accuracy", workers: int | None = None,
                      completion_ids: Sequence[Sequence[int]] | None = None) -> list[ScoredSample]:
-    """``score_batch`` (given the prompts) plus a trained reward model (``alignkit.rewards.ModelReward``,
+    """``score_batch`` (given the prompts) plus a trained reward model (``alignkit.models.reward_fn.ModelReward``,
     batched forwards) as the component ``model``: total += model_weight * score. ``prompts[i]`` is the prompt
     of ``completions[i]`` (the reward model reads prompt + completion). A failed sample stays failed (its model
     score is dropped); a sample where every rule reward returned None is scored by the model alone."""

@@ -1,4 +1,5 @@
-"""A trained reward model as a reward function: ``ModelReward(path)(completion, prompt=...) -> float``.
+"""A trained reward model as a reward function (in models/, not rewards/: it loads a model, and rewards/ stays
+pure): ``ModelReward(path)(completion, prompt=...) -> float``.
 
 The (prompt, completion) pair is rendered exactly as ``alignkit rm`` rendered its training pairs (the
 model directory's chat template: the prompt as a user turn or the given messages, then the completion as
