@@ -7,6 +7,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The tiny tokenizer, built locally (shared helpers that are not fixtures live in tests/helpers.py)."""
+    from alignkit.models.tiny import build_tiny_tokenizer
+
+    return build_tiny_tokenizer()

@@ -9,17 +9,16 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from alignkit.config import load_config
 from alignkit.data import DataError, write_jsonl
 from alignkit.models import BUNDLED_DIR
 from alignkit.recipes import dpo
 from alignkit.recipes.dpo import DPOConfig
+from tests.helpers import assert_same_weights, final_weights, rows, series, torchrun
 
 FAST = ["model.path=tiny", "data.n_train=64", "data.n_eval=8", "data.max_length=64", "train.eval_generate=0",
         "train.eval_kl_prompts=0", "train.eval_every=1000", "output.tensorboard=false", "optim.warmup_steps=2",
@@ -37,24 +36,6 @@ def one_thread():
 def cfg_for(tmp_path, name, *overrides, config=None):
     base = [] if config else FAST
     return load_config(DPOConfig, config, base + [f"output.dir={tmp_path}", f"output.name={name}", *overrides])
-
-
-def rows(run_dir):
-    return [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-
-
-def series(run_dir, key):
-    return [r[key] for r in rows(run_dir) if key in r]
-
-
-def final_weights(run_dir):
-    return load_file(Path(run_dir) / "final" / "model.safetensors")
-
-
-def assert_same_weights(a, b, atol=0.0):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=atol, rtol=0), (k, (a[k] - b[k]).abs().max())
 
 
 def test_reference_modes_train_the_same(tmp_path):
@@ -173,8 +154,7 @@ def test_two_processes_train_like_one(tmp_path):
     one = subprocess.run([sys.executable, "-m", "alignkit.cli", "dpo", *args, "output.name=one"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29547", "-m", "alignkit.cli", "dpo", *args, "output.name=two"],
+    two = subprocess.run([*torchrun(2), "-m", "alignkit.cli", "dpo", *args, "output.name=two"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert series(tmp_path / "one", "train/loss") == pytest.approx(series(tmp_path / "two", "train/loss"), abs=1e-5)

@@ -1,8 +1,6 @@
 """GRPO recipe: a step recomputed by hand from the pure functions, micro-batching invariance, failures
 counted and left out, resume, bad input."""
 
-import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +13,7 @@ from alignkit.models import BUNDLED_DIR, load_causal_lm, load_tokenizer
 from alignkit.recipes import grpo
 from alignkit.recipes.grpo import GRPOConfig
 from alignkit.rewards import accuracy_reward, format_reward
+from tests.helpers import rows
 
 SMALL = ["rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=16", "data.n_train=64",
          "data.n_eval=4", "train.eval_every=1000", "output.tensorboard=false", "optim.lr=1e-3"]
@@ -22,10 +21,6 @@ SMALL = ["rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_
 
 def cfg_for(tmp_path, name, *overrides):
     return load_config(GRPOConfig, None, SMALL + [f"output.dir={tmp_path}", f"output.name={name}", *overrides])
-
-
-def rows(run_dir):
-    return [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_one_step_by_hand_equals_the_recipe(tmp_path, monkeypatch):

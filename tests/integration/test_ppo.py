@@ -2,7 +2,6 @@
 the recipe runs it, the reward-model path, resume; and (slow) learning with a rule-based reward and with a
 reward model trained by ``alignkit rm``."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from alignkit.models.value import ValueModel
 from alignkit.recipes import ppo
 from alignkit.recipes.ppo import PPOConfig
 from alignkit.rewards import accuracy_reward, format_reward
+from tests.helpers import rows
 
 SMALL = ["rollout.prompts_per_step=8", "rollout.max_new_tokens=12", "data.n_train=64", "data.n_eval=2",
          "train.eval_every=1000", "output.tensorboard=false", "loss.minibatch_size=4", "loss.epochs=2"]
@@ -25,10 +25,6 @@ SMALL = ["rollout.prompts_per_step=8", "rollout.max_new_tokens=12", "data.n_trai
 
 def cfg_for(tmp_path, name, *overrides):
     return load_config(PPOConfig, None, SMALL + [f"output.dir={tmp_path}", f"output.name={name}", *overrides])
-
-
-def rows(run_dir):
-    return [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def critic_weights(run_dir):

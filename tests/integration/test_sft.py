@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from alignkit.config import load_config
 from alignkit.recipes import sft
 from alignkit.recipes.sft import SFTConfig
+from tests.helpers import assert_same_weights, final_weights, torchrun
 
 FAST = ["data.n_train=64", "data.n_eval=8", "train.eval_generate=0", "output.tensorboard=false",
         "train.eval_every=1000", "optim.warmup_steps=2", "optim.lr=1e-2"]
@@ -25,19 +25,9 @@ def cfg_for(tmp_path, name, *overrides):
                                                 "model.path=tiny", *overrides])
 
 
-def final_weights(run_dir):
-    return load_file(Path(run_dir) / "final" / "model.safetensors")
-
-
 def losses(run_dir):
     rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return [r["train/loss"] for r in rows if "train/loss" in r]
-
-
-def assert_same_weights(a, b, atol=0.0):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=atol, rtol=0), (k, (a[k] - b[k]).abs().max())
 
 
 class StopAfter:
@@ -150,9 +140,8 @@ def test_two_processes_train_like_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run(_cli(tmp_path, "one", *args), capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr[-3000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-                "-m", "alignkit.cli"] + _cli(tmp_path, "two", *args)[3:]
-    two = subprocess.run(torchrun, capture_output=True, text=True, env=env, timeout=300)
+    two = subprocess.run([*torchrun(2), "-m", "alignkit.cli"] + _cli(tmp_path, "two", *args)[3:],
+                         capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), abs=1e-5)
     assert_same_weights(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"), atol=1e-5)

@@ -33,11 +33,6 @@ EOS_NEWLINE = (
 UNSTABLE = "{{ messages|length }}" + EOS_NEWLINE
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return build_tiny_tokenizer()
-
-
 def _tok_with(template):
     t = build_tiny_tokenizer()
     t.chat_template = template

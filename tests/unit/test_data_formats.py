@@ -26,11 +26,6 @@ def assistant(text):
     return {"role": "assistant", "content": text}
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return build_tiny_tokenizer()
-
-
 def masked_text(tok, ex):
     return tok.decode([i for i, m in zip(ex.input_ids, ex.response_mask) if m])
 

@@ -5,12 +5,6 @@ import pytest
 
 from alignkit.data import DataError, write_jsonl
 from alignkit.data.prompts import PromptDataSection, PromptSampler, load_prompts, pool_level
-from alignkit.models.tiny import build_tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tiny_tokenizer()
 
 
 def test_non_integer_levels_are_ordinary_fields(tmp_path, tok):

@@ -6,13 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from alignkit.models import build_tiny, build_tiny_model, build_tiny_tokenizer, load_causal_lm, load_tokenizer
+from alignkit.models import build_tiny, build_tiny_model, load_causal_lm, load_tokenizer
 from alignkit.models.tiny import MARKERS, ROLE_TOKENS
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tiny_tokenizer()
 
 
 @pytest.mark.parametrize("text", [
