@@ -1,4 +1,5 @@
-"""The lecture's worked examples (../shared/seed/vectors.json) at their exact values (ERRATA.md).
+"""The lecture's worked examples (tests/data/lecture_vectors.json, a copy of the design's seed/vectors.json)
+at their exact values (ERRATA.md).
 
 Each test states the arithmetic; a final test walks vectors.json itself so a changed vector fails here.
 """
@@ -218,13 +219,15 @@ def test_grpo12_single_update_has_ratio_one_and_no_clipping():
     assert m["ratio_mean"].item() == 1.0 and m["clip_fraction"].item() == 0.0
 
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "seed" / "vectors.json"
+# The lecture's worked numbers, recomputed (data, ours): a copy lives in the repo so the test always runs; the
+# design's original beside the checkout (../shared/seed/vectors.json), when present, must still equal it.
+VECTORS = Path(__file__).resolve().parents[1] / "data" / "lecture_vectors.json"
+SHARED_VECTORS = Path(__file__).resolve().parents[3] / "shared" / "seed" / "vectors.json"
 COVERED = {"PG-1", "PPO-1", "PPO-2", "PPO-3", "PPO-4", "PPO-5", "PPO-6", "PPO-7", "PPO-8", "PPO-9", "GAE-1",
            "GAE-2", "GAE-3", "BT-1", "BT-2", "BT-3", "BT-4", "DPO-1", "DPO-2", "DPO-3", "DPO-4", "GRPO-1",
            "GRPO-2", "GRPO-3", "GRPO-4", "GRPO-5", "GRPO-6", "GRPO-7", "GRPO-9", "GRPO-10", "GRPO-12", "GRPO-13"}
 
 
-@pytest.mark.skipif(not VECTORS.exists(), reason="../shared/seed/vectors.json not beside the checkout")
 def test_vectors_file_agrees_with_these_tests():
     """The hand-written expectations above are the file's exact values (guards against a copying slip)."""
     vectors = {v["id"]: v for v in json.loads(VECTORS.read_text())}
@@ -238,3 +241,9 @@ def test_vectors_file_agrees_with_these_tests():
     assert vectors["PPO-7"]["exact"]["new_beta"] == [0.04, 0.02, 0.01, 0.02, 0.02, 0.04]
     assert vectors["DPO-4"]["exact"]["label_smoothed_loss(e=0.1)"] == pytest.approx(0.66576)
     assert vectors["GRPO-6"]["exact"]["derived_A_population"] == pytest.approx([1.153113, 0.733799, -1.36277, -0.524142])
+
+
+@pytest.mark.skipif(not SHARED_VECTORS.exists(), reason="../shared/seed/vectors.json not beside the checkout")
+def test_repo_copy_of_the_vectors_has_not_drifted():
+    """tests/data/lecture_vectors.json is the design's seed/vectors.json: copy it again when that one changes."""
+    assert json.loads(VECTORS.read_text()) == json.loads(SHARED_VECTORS.read_text())
