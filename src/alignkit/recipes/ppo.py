@@ -467,7 +467,7 @@ def run(cfg: PPOConfig) -> dict:
     rewards = build_rewards(cfg.reward.weights, cfg.reward.options)
     reward_model = None
     if cfg.reward.model is not None:
-        from alignkit.rewards.model_reward import ModelReward
+        from alignkit.models.reward_fn import ModelReward
 
         reward_model = ModelReward(cfg.reward.model, device=str(acc.device), batch_size=cfg.reward.model_batch_size)
     pools, held_out, dropped = load_prompts(cfg.data, tokenizer)
