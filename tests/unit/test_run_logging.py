@@ -74,13 +74,14 @@ def test_without_output_wandb_no_run_starts(tmp_path, wandb):
 
 def test_the_config_a_recipe_wrote_reaches_wandb_and_a_stage_is_named_after_its_pipeline(tmp_path, wandb):
     """RunLogger(..., wandb_project=...) without config= reads the resolved config.yaml of the run directory."""
-    cfg = load_config(GRPOConfig, None, ["output.wandb_entity=me", "output.wandb_tags=[x]"])
+    cfg = load_config(GRPOConfig, None, ["output.wandb_entity=me", "output.wandb_tags=[x]", "output.wandb_project=p"])
     run_dir = tmp_path / "r1" / "r1_zero" / "run"
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     RunLogger(run_dir, tensorboard=False, wandb_project="alignkit").close()
     (run,) = wandb.runs
     assert run.init["config"] == cfg.model_dump(mode="json")
+    assert run.init["project"] == "p"  # the user's output.wandb_project, not the caller's default
     assert run.init["entity"] == "me" and run.init["tags"] == ["x"] and run.init["name"] == "r1/r1_zero"
 
 

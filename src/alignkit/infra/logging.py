@@ -31,9 +31,10 @@ class RunLogger:
     makes every call a no-op.
 
     W&B: ``wandb.init(project=wandb_project, entity=wandb_entity, tags=wandb_tags, config=<resolved config>,
-    name=<run name>, dir=run_dir)``. The resolved config is ``config`` (a config object or a dict), else the
-    ``config.yaml`` the recipe wrote into ``run_dir``; ``wandb_entity`` / ``wandb_tags`` left None are read
-    from that config's ``output`` section. The run name is the run directory's name (``<pipeline>/<stage>``
+    name=<run name>, dir=run_dir)``, started when ``wandb_project`` is set. The resolved config is ``config``
+    (a config object or a dict), else the ``config.yaml`` the recipe wrote into ``run_dir``; where its
+    ``output`` section has ``wandb_project`` / ``wandb_entity`` / ``wandb_tags`` (what the user set), they
+    win over the arguments. The run name is the run directory's name (``<pipeline>/<stage>``
     for a pipeline stage's ``<stage>/run``). The same config goes to TensorBoard as text. A recipe builds it
     from its config with :meth:`from_config`; :meth:`completions` gives a :class:`CompletionLog` writing to
     the same TensorBoard / W&B run.
@@ -65,9 +66,10 @@ class RunLogger:
             except ImportError as err:
                 raise ImportError("output.wandb=true needs Weights & Biases: pip install wandb") from err
             output = resolved.get("output") if isinstance(resolved.get("output"), dict) else {}
-            entity = wandb_entity if wandb_entity is not None else output.get("wandb_entity")
-            tags = wandb_tags if wandb_tags is not None else output.get("wandb_tags")
-            self._wandb = wandb.init(project=wandb_project, entity=entity, tags=list(tags or []) or None,
+            project = output.get("wandb_project", wandb_project)  # what the user set wins over the caller's
+            entity = output.get("wandb_entity", wandb_entity)
+            tags = output.get("wandb_tags", wandb_tags)
+            self._wandb = wandb.init(project=project, entity=entity, tags=list(tags or []) or None,
                                      config=resolved or None, name=run_name(self.run_dir), dir=str(self.run_dir))
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
