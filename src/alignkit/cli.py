@@ -153,11 +153,11 @@ def _demo(argv: list[str]) -> int:
 
 
 def _config_path(rel: str):
-    """A preset of the repository (the demo runs from a checkout)."""
+    """A shipped preset: ``configs/...`` lives inside the package (``alignkit/configs``; the repository's
+    top-level ``configs`` is a link to it), so the demo runs from a checkout and from an installed wheel."""
     from pathlib import Path
 
-    p = Path(rel)
-    return p if p.exists() else Path(__file__).resolve().parents[2] / rel
+    return Path(__file__).resolve().parent / rel
 
 
 def _eval(argv: list[str]) -> int:
