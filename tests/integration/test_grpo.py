@@ -64,9 +64,11 @@ def test_one_step_by_hand_equals_the_recipe(tmp_path, monkeypatch):
     # Adam divides each step by the gradient's own scale, so a rounding-level difference in a small gradient
     # element (micro-batches of 5 rows vs one batch of 16) can move a weight by ~1e-5 at lr 1e-3; a wrong
     # loss, normalization or micro-batch split moves weights by ~lr.
+    # Measured: 2.5e-5 at most on torch 2.13 + transformers 5.25 (2e-5 held on the packages of earlier
+    # sessions); the bound stays 20x below what a wrong loss moves (~lr = 1e-3).
     for name, p in model.state_dict().items():
         if name in got:
-            assert torch.allclose(got[name], p, atol=2e-5), name
+            assert torch.allclose(got[name], p, atol=5e-5), name
     logged = rows(tmp_path / "step")[1]
     assert logged["reward/total"] == pytest.approx(r.mean().item(), abs=1e-6)
 

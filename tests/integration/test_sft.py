@@ -144,7 +144,9 @@ def test_two_processes_train_like_one(tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), abs=1e-5)
-    assert_same_weights(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"), atol=1e-5)
+    # gloo's all-reduce sums in another order than one process does: 1.17e-5 at most measured on torch 2.13
+    # (under 1e-5 on earlier packages); a wrong gradient scale moves weights by ~lr.
+    assert_same_weights(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"), atol=3e-5)
 
 
 def test_lora_resume_gives_the_same_run(tmp_path, monkeypatch):
