@@ -90,3 +90,31 @@ def test_watch_finds_the_largest_vocab_wide_allocation_and_counts_matmuls():
 def test_ratio_line():
     assert _real.ratio_line("tok/s", 6.0, 2.0, 2) == "tok/s: 3.00x (bar 2x: MET)"
     assert _real.ratio_line("s/step", 2.0, 3.0, 3, higher_is_better=False) == "s/step: 1.50x (bar 3x: NOT met)"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rollout_shapes_phases_and_eos_lengths():
+    import torch
+
+    rollout = _load("real_rollout")
+    assert rollout.parse_shapes("4x4, 8x8") == [(4, 4), (8, 8)]
+    with pytest.raises(Exception):
+        rollout.parse_shapes("4by4")
+    p = rollout.phase_breakdown({"prefill": 1.0, "decode_forward": 6.0, "missing": []}, 10.0)
+    assert p["seconds"]["other"] == pytest.approx(3.0) and p["share"]["decode_forward"] == 0.6
+    completion = torch.tensor([[5, 2, 7, 7], [5, 5, 5, 5], [2, 9, 9, 9]])
+    assert rollout.first_eos_lengths(completion, [2]) == [2, 4, 1]  # up to and including EOS
+    assert rollout.first_eos_lengths(completion, []) == [4, 4, 4]
+
+
+def test_grpo_shape_parser():
+    grpo = _load("real_grpo_vs_trl")
+    assert grpo.parse_shape("8x8") == (8, 8)
+    with pytest.raises(Exception):
+        grpo.parse_shape("8x1")  # G must be >= 2
