@@ -22,7 +22,8 @@ class RewardFailureError(RuntimeError):
 
 _ADVICE = ("Check: each example has the fields its rewards need (accuracy and digits need 'answer', code needs "
            "'tests'); a 'module:function' reward runs by hand on one example (alignkit.rewards.score); the code "
-           "sandbox works (alignkit.rewards.run_in_sandbox('print(1)')). If failures are expected, raise max_share.")
+           "sandbox works (alignkit.rewards.run_in_sandbox('print(1)')). If failures are expected, raise max_share "
+           "(reward.max_failed_share; 1.0 never stops).")
 
 
 class RewardFailureMonitor:
@@ -54,8 +55,8 @@ class RewardFailureMonitor:
     """
 
     def __init__(self, max_share: float = 0.5, window: int = 64):
-        if not 0.0 <= max_share < 1.0:
-            raise ValueError(f"max_share must be in [0, 1), got {max_share}")
+        if not 0.0 <= max_share <= 1.0:  # 1.0: never stop (every failure is still counted)
+            raise ValueError(f"max_share must be in [0, 1], got {max_share}")
         if window < 1:
             raise ValueError(f"window must be at least 1 sample, got {window}")
         self.max_share, self.window = float(max_share), int(window)
