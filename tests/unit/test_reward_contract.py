@@ -243,9 +243,13 @@ def test_monitor_state_round_trips_and_validates():
     with pytest.raises(RewardFailureError):
         again.update([_failed(), _failed()])
     with pytest.raises(ValueError):
-        RewardFailureMonitor(max_share=1.0)
+        RewardFailureMonitor(max_share=1.5)
     with pytest.raises(ValueError):
         RewardFailureMonitor(window=0)
+    never = RewardFailureMonitor(max_share=1.0, window=2)  # 1.0: counts every failure, never stops
+    never.update([_failed(), _failed(), _failed()])
+    never.close()
+    assert never.counters()["failed_samples"] == 3
 
 
 # ---------------------------------------------------------------- module:function import errors
