@@ -9,6 +9,7 @@ A recipe reads top to bottom:
     with GracefulStop() as stop:
         for step in life.steps():
             ... the method's phases, inline ...
+            life.log_samples(step + 1, prompts, completions, rewards, advantages)  # RL: completions.jsonl
             if life.end_step(metrics, stop):            # eval cadence, monitor, log, callbacks, checkpoint,
                 break                                   # SIGTERM, time limit
     return life.finish(plots=[...])                     # final save, plots, summary.json
@@ -19,7 +20,8 @@ run directory (:func:`alignkit.infra.rundir.prepare_run_dir`) and its resolved `
 critic and its optimizer) and of every object with ``state_dict`` / ``load_state_dict`` (data order, prompt
 sampler, curriculum, KL controllers, the health monitor), the atomic checkpoint (:meth:`Run.checkpoint`),
 the non-finite guards, ``train.time_limit_s``, when to evaluate (``train.eval_every`` and the last step),
-the health warnings of ``monitor`` (:mod:`alignkit.infra.monitor`), user callbacks (called with
+the health warnings of ``monitor`` (:mod:`alignkit.infra.monitor`, with the text checks on the completions
+of :meth:`Run.log_samples`), the sampled completions (``completions.jsonl``), user callbacks (called with
 ``(step, metrics)`` for every logged row) and the finish. The signal handler is the recipe's own
 ``GracefulStop()`` (so a test can stand in for it) and is polled once per step by :meth:`Run.end_step`.
 """
@@ -87,7 +89,10 @@ class Run:
         self.timer = PhaseTimer()
         self.guard = NonFiniteGuard(cfg.output.max_bad_steps, run_dir=self.run_dir)
         self.guards = [self.guard]
-        self.monitor = HealthMonitor(cfg.monitor) if hasattr(cfg, "monitor") else None
+        mu = getattr(getattr(cfg, "loss", None), "mu", None)  # optimizer steps per batch (GRPO), for the clip band
+        self.monitor = HealthMonitor(cfg.monitor, mu=mu) if hasattr(cfg, "monitor") else None
+        self.samples: list[str] | None = None
+        self.completions = None
         self.total = cfg.train.steps
         self.time_limit = getattr(cfg.train, "time_limit_s", None)
         self.resumed_from = None
@@ -153,6 +158,16 @@ class Run:
         return guard
 
     # ------------------------------------------------------------------------------------------------------
+    def log_samples(self, step: int, prompts: list, completions: list[str], rewards: dict[str, list],
+                    advantages: list[float] | None = None, *, total: list[float] | None = None) -> None:
+        """The step's sampled completions (RL recipes): the first rows to ``completions.jsonl`` / TensorBoard /
+        W&B (:class:`~alignkit.infra.logging.CompletionLog`), and all of them to the monitor's text checks at
+        the next :meth:`end_step`. ``rewards``: {component: one value per completion}."""
+        if self.completions is None:
+            self.completions = self.logger.completions(every=1, max_rows=8)
+        self.completions.log(step, prompts, completions, rewards, advantages, total=total)
+        self.samples = list(completions)
+
     def log(self, step: int, metrics: dict) -> None:
         """One row of metrics.jsonl (main process), seen by every callback."""
         row = self.logger.log(step, metrics)
@@ -193,10 +208,11 @@ class Run:
                 metrics.update(self.evaluate(done))
         metrics.update(self.timer.summary())
         if self.monitor is not None:
-            warnings = self.monitor.check(metrics)
+            warnings = self.monitor.check(metrics, self.samples)
             metrics["warnings"] = len(warnings)
             for line in warnings:
                 log.warning("step %d: %s", done, line)
+        self.samples = None
         self.metrics = metrics
         self.log(done, metrics)
         if postfix:
@@ -227,6 +243,8 @@ class Run:
         else), ``curves.png`` of ``plots`` and ``summary.json``. A ``failure`` is written into the summary
         and raised."""
         self.logger.close()
+        if self.completions is not None:
+            self.completions.close()
         summary = eval_summary(self.start_metrics, self.metrics, steps=self.step + 1, interrupted=self.interrupted,
                                time_limit_reached=self.time_up, non_finite_steps=sum(g.total for g in self.guards),
                                wall_s=time.perf_counter() - getattr(self, "loop_started", self.started),

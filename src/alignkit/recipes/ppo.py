@@ -47,42 +47,27 @@ Decisions, stated up front:
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import math
-import time
-from contextlib import ExitStack
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import Field, field_validator
 
-from alignkit.advantages import gae, whiten
-from alignkit.config import ModelSection, OptimSection, OutputSection, RLRewardSection, Section, to_yaml
+from alignkit.advantages import gae, kl_shaped_token_rewards, whiten
+from alignkit.config import ModelSection, OptimSection, OutputSection, RLRewardSection, Section
 from alignkit.data.prompts import PromptDataSection, PromptSampler, load_prompts
-from alignkit.infra import PhaseTimer, RunLogger, plot_metrics, progress, seed_everything
-from alignkit.infra.checkpoint import (
-    GracefulStop,
-    apply_optim_settings,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
-from alignkit.infra.rundir import prepare_run_dir
+from alignkit.evaluation import held_out_evaluation
+from alignkit.infra.checkpoint import GracefulStop
+from alignkit.infra.monitor import MonitorSection, health_warnings  # noqa: F401  (part of the recipe's API)
+from alignkit.infra.run import Run, no_sync_unless_last, time_limit_field
 from alignkit.infra.train import (
-    NonFiniteGuard,
     backward,
     build_optimizer,
     build_scheduler,
-    eval_summary,
     global_sum,
     optimizer_step,
     prepare_model,
-    save_final,
-    setup_accelerator,
 )
 from alignkit.losses import (
     AGGREGATIONS,
@@ -96,6 +81,13 @@ from alignkit.losses import (
     ppo_policy_loss,
     value_loss,
 )
+from alignkit.models.forwards import critic_values, policy_forward
+from alignkit.models.reference import completion_reference, frozen_copy
+from alignkit.rollout.batches import PPOBatch, sample_rollout
+from alignkit.rollout.scoring import Scorer
+
+__all__ = ["PPOConfig", "PPOBatch", "MonitorSection", "compute_advantages", "critic_values", "explained_variance",
+           "health_warnings", "minibatch_order", "policy_forward", "ppo_update", "run"]
 
 log = logging.getLogger("alignkit.ppo")
 
@@ -157,17 +149,11 @@ class LossSection(Section):
     kl_penalty_target: float = Field(0.01, gt=0, description="kl_penalty variant: target KL(pi_old || pi) for adapting that beta")
 
 
-class MonitorSection(Section):
-    kl_alarm: float = Field(0.05, gt=0, description="warn when the KL to the reference passes this (lecture: 0.05)")
-    entropy_floor: float = Field(0.05, ge=0, description="warn when the mean token entropy falls below this")
-    hacking_window: int = Field(10, gt=0, description="reward-hacking check: compare with this many iterations ago")
-    entropy_drop: float = Field(0.5, gt=0, lt=1, description="reward-hacking check: warn if reward rose while entropy fell below this share")
-
-
 class TrainSection(Section):
     steps: int = Field(100, gt=0, description="PPO iterations (batches of completions)")
     seed: int = Field(0, description="seed for prompts, sampling, shuffling and initialization")
     eval_every: int = Field(25, gt=0, description="evaluate on held-out prompts every N iterations (and at the end)")
+    time_limit_s: float | None = time_limit_field()
     precision: Literal["no", "bf16", "fp16"] = Field("no", description="mixed precision on GPUs")
 
 
@@ -181,128 +167,52 @@ class PPOConfig(Section):
     loss: LossSection = Field(default_factory=LossSection, description="PPO objective and epochs")
     optim: OptimSection = Field(default_factory=lambda: OptimSection(lr=2e-4, warmup_steps=0, schedule="constant"),
                                 description="policy optimizer (the critic's uses critic.lr)")
-    monitor: MonitorSection = Field(default_factory=MonitorSection, description="healthy ranges")
+    monitor: MonitorSection = Field(default_factory=lambda: MonitorSection(kl_limit=0.05), description="healthy ranges")
     train: TrainSection = Field(default_factory=TrainSection, description="loop")
     output: OutputSection = Field(default_factory=lambda: OutputSection(name="ppo"), description="where results go")
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Data
-# ----------------------------------------------------------------------------------------------------------
-# ----------------------------------------------------------------------------------------------------------
 # The iteration's phases
 # ----------------------------------------------------------------------------------------------------------
-@dataclass
-class PPOBatch:
-    """One iteration's rollouts and everything computed from them before the update (B rows, C = longest
-    completion; every [B, C] tensor is aligned with ``completion_ids``, 0 where ``response_mask`` is 0).
-
-    prompt_ids, prompt_mask: [B, P] left-padded prompts.  completion_ids, response_mask: [B, C] right-padded
-    (the mask covers the EOS; zeroed for samples whose reward failed).  rewards: [B] sequence rewards (raw,
-    0 for failed samples).  old_logprobs, ref_logprobs, values: [B, C] before the update (ref None without a
-    reference).  kl: [B, C] per-token KL estimate in the reward.  token_rewards, advantages (whitened when
-    asked), returns: [B, C].
-    """
-
-    prompt_ids: torch.Tensor
-    prompt_mask: torch.Tensor
-    completion_ids: torch.Tensor
-    response_mask: torch.Tensor
-    rewards: torch.Tensor
-    old_logprobs: torch.Tensor | None = None
-    ref_logprobs: torch.Tensor | None = None
-    values: torch.Tensor | None = None
-    kl: torch.Tensor | None = None
-    token_rewards: torch.Tensor | None = None
-    advantages: torch.Tensor | None = None
-    returns: torch.Tensor | None = None
-
-    def sequences(self, rows) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input_ids, attention_mask) [R, P + C] of ``rows``: prompt then completion."""
-        return (torch.cat([self.prompt_ids[rows], self.completion_ids[rows]], dim=1),
-                torch.cat([self.prompt_mask[rows], self.response_mask[rows]], dim=1))
-
-    def packed(self, rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The sequences of ``rows`` without padding, packed into rows of at most P + C tokens (so attention is
-        never wider than the padded layout) -> (input_ids, attention_mask, position_ids) [N, P + C] and
-        ``index`` [R, C]: the flat position (in N * (P + C)) of each completion token (0 past a row's end).
-        Rows with an empty ``response_mask`` are left out. See ``alignkit.data.packing``."""
-        from alignkit.data.packing import pack_rows
-
-        idx = torch.arange(self.prompt_ids.shape[0])[rows].tolist()
-        P, C = self.prompt_ids.shape[1], self.completion_ids.shape[1]
-        width = P + C
-        p_len = self.prompt_mask[idx].sum(-1).tolist()
-        n_len = self.response_mask[idx].sum(-1).tolist()
-        live = [i for i in range(len(idx)) if n_len[i] > 0]
-        bins = pack_rows([p_len[i] + n_len[i] for i in live], width) if live else [[]]
-        ids = self.prompt_ids.new_zeros(len(bins), width)
-        attn, pos = torch.zeros_like(ids), torch.zeros_like(ids)
-        index = torch.zeros(len(idx), C, dtype=torch.long)
-        for b, group in enumerate(bins):
-            col = 0
-            for i in (live[k] for k in group):
-                r, p, n = idx[i], p_len[i], n_len[i]
-                ids[b, col:col + p + n] = torch.cat([self.prompt_ids[r, P - p:], self.completion_ids[r, :n]])
-                attn[b, col:col + p + n] = 1
-                pos[b, col:col + p + n] = torch.arange(p + n)
-                index[i, :n] = b * width + col + p + torch.arange(n)
-                col += p + n
-            pos[b, col:] = torch.arange(width - col)  # trailing padding: a block of its own
-        return ids, attn, pos, index.to(ids.device)
-
-
-def policy_forward(model, batch: PPOBatch, rows, *, temperature: float, entropy: bool = False, head=None,
-                   packing: bool = True):
-    """Completion logprobs [R, C] (and entropies, and the shared head's values) of ``rows``; 0 past each
-    row's end. ``packing``: one forward over the packed sequences (``PPOBatch.packed``) instead of padded rows."""
-    from alignkit.logprobs import sequence_logprobs
-
-    c, mask = batch.completion_ids.shape[1], batch.response_mask[rows]
-    if packing:
-        ids, attn, pos, index = batch.packed(rows)
-
-        def take(x):  # [N, W] packed -> [R, C] aligned with the completions
-            return x.reshape(-1)[index] * mask
-    else:
-        (ids, attn), pos = batch.sequences(rows), None
-
-        def take(x):
-            return x[:, -c:] * mask
-    with head.capture(model) if head is not None else ExitStack():
-        out = sequence_logprobs(model, ids, attn, temperature=temperature, return_entropy=entropy, position_ids=pos,
-                                logits_to_keep=None if packing else c)
-    lp, ent = (take(out[0]), take(out[1])) if entropy else (take(out), None)
-    values = take(head.values(attn, pos)) if head is not None else None
-    return lp, ent, values
-
-
-def critic_values(critic, batch: PPOBatch, rows, *, packing: bool = True) -> torch.Tensor:
-    """V(s_t) [R, C] for each completion token of ``rows`` from a critic with its own trunk (0 past the end)."""
-    mask = batch.response_mask[rows]
-    if packing:
-        ids, attn, pos, index = batch.packed(rows)
-        return critic(ids, attn, pos).reshape(-1)[index] * mask
-    ids, attn = batch.sequences(rows)
-    return critic(ids, attn)[:, -batch.completion_ids.shape[1]:] * mask
-
-
 def compute_advantages(batch: PPOBatch, *, beta: float, estimator: str, gamma: float, lam: float,
                        whiten_advantages: bool) -> PPOBatch:
     """Fill ``kl``, ``token_rewards``, ``advantages`` and ``returns`` from the rewards, logprobs and values.
 
-        token_rewards_t = -beta * KL_t  (+ rewards[b] at the row's last response token)
+        token_rewards_t = -beta * KL_t  (+ rewards[b] at the row's last response token)   kl_shaped_token_rewards
         advantages, returns = gae(token_rewards, values, response_mask, gamma, lam);  advantages whitened
+    Without a reference (``ref_logprobs`` None) KL is 0: the policy is its own reference.
     """
     mask = batch.response_mask
-    kl = (kl_divergence(batch.old_logprobs, batch.ref_logprobs, estimator=estimator) * mask
-          if batch.ref_logprobs is not None else torch.zeros_like(batch.old_logprobs))
-    last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1, keepdim=True)  # last response token of each row
-    score = torch.zeros_like(kl).scatter_(1, last, batch.rewards[:, None].to(kl.dtype)) * mask
-    batch.kl, batch.token_rewards = kl, -beta * kl + score
+    ref = batch.ref_logprobs if batch.ref_logprobs is not None else batch.old_logprobs
+    batch.kl = kl_divergence(batch.old_logprobs, ref, estimator=estimator) * mask
+    batch.token_rewards = kl_shaped_token_rewards(batch.rewards, batch.old_logprobs, ref, mask, beta=beta,
+                                                  estimator=estimator)
     advantages, batch.returns = gae(batch.token_rewards, batch.values, mask, gamma=gamma, lam=lam)
     batch.advantages = whiten(advantages, mask) if whiten_advantages else advantages
     return batch
+
+
+@torch.no_grad()
+def rollout_forwards(policy, critic, head, reference, batch: PPOBatch, *, temperature: float, micro: int,
+                     packing: bool) -> float:
+    """The logprobs phase, once per batch and without gradients: ``old_logprobs``, ``values`` (the critic's, or
+    the shared head's from the same forward) and ``ref_logprobs`` (with a reference), in micro-batches of
+    ``micro`` rows; returns the rollout's mean token entropy."""
+    n = batch.response_mask.shape[0]
+    slices = [slice(i, min(i + micro, n)) for i in range(0, n, micro)]
+    parts = [policy_forward(policy, batch, sl, temperature=temperature, entropy=True, head=head, packing=packing)
+             for sl in slices]
+    batch.old_logprobs = torch.cat([p[0] for p in parts])
+    batch.values = torch.cat([p[2] if head is not None else critic_values(critic, batch, sl, packing=packing)
+                              for p, sl in zip(parts, slices)])
+    if reference is not False:  # False: no reference at all (beta 0); None: the adapter-disabled policy
+        def forward(model, b, rows, temperature):
+            return policy_forward(model, b, rows, temperature=temperature, packing=packing)[0]
+
+        batch.ref_logprobs = torch.cat([completion_reference(reference, policy, batch, sl, temperature=temperature,
+                                                             forward=forward) for sl in slices])
+    return float(masked_mean(torch.cat([p[1] for p in parts]), batch.response_mask))
 
 
 def minibatch_order(n: int, *, seed: int, step: int, epoch: int) -> list[int]:
@@ -317,21 +227,6 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     diff = returns - values
     var_d = masked_mean((diff - masked_mean(diff, mask)).square(), mask)
     return float(1 - var_d / var_r) if var_r > 0 else float("nan")
-
-
-def health_warnings(m: dict, cfg: MonitorSection, history: list) -> list[str]:
-    """Lines for metrics outside their healthy range; ``history`` holds [reward, entropy] of past iterations."""
-    out = []
-    if m.get("kl", 0.0) > cfg.kl_alarm:
-        out.append(f"KL to the reference {m['kl']:.4f} > {cfg.kl_alarm}: the policy is drifting (lecture's alarm)")
-    if "entropy" in m and m["entropy"] < cfg.entropy_floor:
-        out.append(f"entropy {m['entropy']:.4f} < {cfg.entropy_floor}: collapse (samples nearly identical)")
-    if len(history) >= cfg.hacking_window and "reward/total" in m and "entropy" in m:
-        reward0, entropy0 = history[-cfg.hacking_window]
-        if m["reward/total"] > reward0 and m["entropy"] < cfg.entropy_drop * entropy0:
-            out.append(f"reward rose ({reward0:.3f} -> {m['reward/total']:.3f}) while entropy collapsed ({entropy0:.3f} "
-                       f"-> {m['entropy']:.3f}) over {cfg.hacking_window} iterations: possible reward hacking")
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -359,10 +254,8 @@ def ppo_update(policy, critic, head, batch: PPOBatch, cfg: PPOConfig, *, acc, op
             for k in range(0, len(rows), lc.micro_batch_size):
                 r = rows[k:k + lc.micro_batch_size]
                 m = mask[r]
-                with ExitStack() as sync:
-                    if k + lc.micro_batch_size < len(rows):  # DDP: all-reduce gradients on the last micro-batch only
-                        for module in (policy, critic if critic is not None else head):
-                            sync.enter_context(acc.no_sync(module))
+                with no_sync_unless_last(acc, [policy, critic if critic is not None else head],
+                                         k // lc.micro_batch_size, math.ceil(len(rows) / lc.micro_batch_size)):
                     lp, ent, v = policy_forward(policy, batch, r, temperature=temperature, entropy=True, head=head,
                                                 packing=lc.packing)
                     if critic is not None:
@@ -433,228 +326,132 @@ def build_critic(cfg: PPOConfig, policy):
                                       dtype=DTYPES.get(cfg.model.dtype, torch.float32)), None
 
 
-def run(cfg: PPOConfig) -> dict:
-    """Train per ``cfg``; writes <output.dir>/<output.name>/ like every recipe (plus critic/); returns a summary."""
-    from alignkit.evaluation import evaluate_model
-    from alignkit.models import load_policy
-    from alignkit.rewards import (
-        RewardFailureError,
-        RewardFailureMonitor,
-        build_rewards,
-        reward_metrics,
-        score_with_model,
-    )
-    from alignkit.rollout import generate
-    from alignkit.rollout.types import completion_id_lists
-
-    acc = setup_accelerator(cfg.train.precision, dtype=cfg.model.dtype)
-    world, rank = acc.num_processes, acc.process_index
-    if cfg.rollout.prompts_per_step % world:
-        raise ValueError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must divide by the {world} "
-                         f"processes; e.g. {world * max(1, cfg.rollout.prompts_per_step // world)}")
+def check_config(cfg: PPOConfig, world: int) -> None:
     if cfg.critic.shared_trunk and world > 1:
         raise ValueError("critic.shared_trunk runs on one process for now; use a separate critic with several")
     if cfg.kl.controller != "fixed" and cfg.kl.beta <= 0:
         raise ValueError("an adaptive KL controller needs kl.beta > 0 to start from (x2 / /2 of 0 stays 0)")
-    seed_everything(cfg.train.seed + rank)
-    run_dir = Path(cfg.output.dir) / cfg.output.name
-    prepare_run_dir(run_dir, resume=cfg.output.resume, overwrite=cfg.output.overwrite, is_main=acc.is_main_process)
-    model, tokenizer = load_policy(cfg.model)
-    use_ref = cfg.kl.beta > 0
-    reference = copy.deepcopy(model).eval().requires_grad_(False) if use_ref and not cfg.model.lora.enabled else None
-    critic, head = build_critic(cfg, model)
-    model = prepare_model(model, cfg.model)
-    rewards = build_rewards(cfg.reward.weights, cfg.reward.options)
-    reward_model = None
-    if cfg.reward.model is not None:
-        from alignkit.models.reward_fn import ModelReward
 
-        reward_model = ModelReward(cfg.reward.model, device=str(acc.device), batch_size=cfg.reward.model_batch_size)
-    pools, held_out, dropped = load_prompts(cfg.data, tokenizer)
-    critic_module = critic if critic is not None else head
-    optimizer = build_optimizer(model, cfg.optim)
-    critic_optim = build_optimizer(critic_module, cfg.optim.model_copy(update={"lr": cfg.critic.lr}))
-    rows_per_process = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt // world
-    per_iter = cfg.loss.epochs * math.ceil(rows_per_process / cfg.loss.minibatch_size)  # optimizer steps
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps * per_iter)
-    critic_sched = build_scheduler(critic_optim, cfg.optim, cfg.train.steps * per_iter)
-    sampler = PromptSampler(pools, cfg.train.seed)
-    kl_ctl = (AdaptiveKLController(cfg.kl.beta, cfg.kl.target, rule=cfg.kl.controller, horizon=cfg.kl.horizon)
-              if cfg.kl.controller != "fixed" else None)
-    pen_ctl = AdaptiveKLController(cfg.loss.kl_penalty_beta, cfg.loss.kl_penalty_target)
-    history: list = []
 
-    start_step = 0
-    ckpt = latest_checkpoint(run_dir) if cfg.output.resume else None
-    if ckpt is not None:
-        state, tensors = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, optim=cfg.optim,
-                                         modules={"critic": critic_module})
-        critic_optim.load_state_dict(tensors["critic_optimizer"])
-        critic_sched.load_state_dict(tensors["critic_scheduler"])
-        apply_optim_settings(critic_optim, critic_sched, cfg.optim.model_copy(update={"lr": cfg.critic.lr}),
-                             prefix="critic", run_dir=run_dir)
-        start_step, history = state["step"], state["history"]
-        sampler.load_state_dict(state["sampler"])
-        pen_ctl.load_state_dict(state["kl_penalty"])
-        if kl_ctl is not None:
-            kl_ctl.load_state_dict(state["kl"])
-    model, optimizer, critic_module, critic_optim = acc.prepare(model, optimizer, critic_module, critic_optim)
-    plain, plain_critic = acc.unwrap_model(model), acc.unwrap_model(critic_module)
-    critic, head = (None, plain_critic) if cfg.critic.shared_trunk else (critic_module, None)
-    if acc.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    logger = RunLogger(run_dir, tensorboard=cfg.output.tensorboard, enabled=acc.is_main_process,
-                       resume_step=start_step if ckpt else None, wandb_project="alignkit" if cfg.output.wandb else None)
-    guard, critic_guard = (NonFiniteGuard(cfg.output.max_bad_steps, run_dir=run_dir) for _ in range(2))
-    timer = PhaseTimer()
-    opts = (optimizer, scheduler, guard, critic_optim, critic_sched, critic_guard)
-    temperature = cfg.rollout.temperature
-
-    monitor = RewardFailureMonitor(cfg.reward.max_failed_share, cfg.reward.failure_window)
-    if not held_out and acc.is_main_process:
-        log.warning("no held-out evaluation will run: data.train_file is set without data.eval_file")
-
-    def evaluate() -> dict:
-        if not held_out:
-            return {}
-        return {f"eval/{k}": v for k, v in evaluate_model(
-            plain, tokenizer, held_out, max_new_tokens=cfg.rollout.max_new_tokens,
-            rewards=rewards if cfg.data.eval_file else None, success_key=cfg.reward.success_key).items()}
-
-    def ref_logprobs(batch, rows):
-        if reference is not None:
-            return policy_forward(reference, batch, rows, temperature=temperature, packing=cfg.loss.packing)[0]
-        with plain.disable_adapter():  # LoRA: the reference is the base model
-            return policy_forward(plain, batch, rows, temperature=temperature, packing=cfg.loss.packing)[0]
-
-    def checkpoint(step):
-        if acc.is_main_process:
-            state = {"sampler": sampler.state_dict(), "history": history, "kl_penalty": pen_ctl.state_dict(),
-                     "kl": kl_ctl.state_dict() if kl_ctl else None}
-            save_checkpoint(run_dir, step, model=acc.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
-                            state=state, keep_last=cfg.output.keep_last, modules={"critic": plain_critic},
-                            guards=[guard, critic_guard],
-                            tensors={"critic_optimizer": critic_optim.state_dict(),
-                                     "critic_scheduler": critic_sched.state_dict()})
-        acc.wait_for_everyone()
-
-    start_metrics = evaluate()
-    if ckpt is None:
-        logger.log(0, {**start_metrics, "data/dropped_prompts": dropped})
-    metrics, t0, interrupted, step = dict(start_metrics), time.perf_counter(), False, start_step
-    failure = None
-    bar = progress(range(start_step, cfg.train.steps), desc="ppo", unit="it", disable=not acc.is_main_process,
-                   initial=start_step, total=cfg.train.steps)
-    with GracefulStop() as stop:
-        for step in bar:
-            beta = kl_ctl.value if kl_ctl is not None else cfg.kl.beta
-            with timer("sample"):
-                prompts = sampler.draw(cfg.rollout.prompts_per_step)[rank::world]
-            with timer("generate"):
-                out = generate(plain, tokenizer, [p[0] for p in prompts], num_samples=cfg.rollout.samples_per_prompt,
-                               max_new_tokens=cfg.rollout.max_new_tokens, temperature=temperature,
-                               top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p, stop=cfg.rollout.stop or None,
-                               seed=cfg.train.seed * 100003 + step * 97 + rank, backend=cfg.rollout.backend)
-            with timer("score"):
-                g = cfg.rollout.samples_per_prompt
-                scored = score_with_model(out.completions, [p[2] for p in prompts for _ in range(g)],
-                                          [p[1] for p in prompts for _ in range(g)], rewards, reward_model,
-                                          model_weight=cfg.reward.model_weight, success_key=cfg.reward.success_key,
-                                          completion_ids=completion_id_lists(out.completion_ids, out.response_mask))
-                try:
-                    monitor.update(scored)
-                except RewardFailureError as err:
-                    failure = err
-                    break
-                valid = torch.tensor([s.ok for s in scored])
-                batch = PPOBatch(out.prompt_ids, out.prompt_mask, out.completion_ids,
-                                 out.response_mask * valid[:, None].to(out.response_mask.device),
-                                 torch.tensor([s.total if s.ok else 0.0 for s in scored], dtype=torch.float32))
-            rows_total = len(scored)
-            slices = [slice(i, min(i + cfg.loss.micro_batch_size, rows_total))
-                      for i in range(0, rows_total, cfg.loss.micro_batch_size)]
-            with timer("logprobs"), torch.no_grad():
-                parts = [policy_forward(plain, batch, sl, temperature=temperature, entropy=True, head=head,
-                                        packing=cfg.loss.packing) for sl in slices]
-                batch.old_logprobs = torch.cat([p[0] for p in parts])
-                rollout_entropy = masked_mean(torch.cat([p[1] for p in parts]), batch.response_mask)
-                batch.values = torch.cat([p[2] if head is not None else
-                                          critic_values(critic, batch, sl, packing=cfg.loss.packing)
-                                          for p, sl in zip(parts, slices)])
-                if use_ref:
-                    batch.ref_logprobs = torch.cat([ref_logprobs(batch, sl) for sl in slices])
-            with timer("advantages"):
-                compute_advantages(batch, beta=beta, estimator=cfg.kl.estimator, gamma=cfg.loss.gamma,
-                                   lam=cfg.loss.lam, whiten_advantages=cfg.loss.whiten_advantages)
-            with timer("update"):
-                upd = ppo_update(model, critic, head, batch, cfg, acc=acc, opts=opts, temperature=temperature,
-                                 beta_pen=pen_ctl.value, step=step)
-            mask = batch.response_mask
-            kl_ref = (masked_mean(kl_divergence(batch.old_logprobs, batch.ref_logprobs, estimator="k3"), mask)
-                      if use_ref else torch.tensor(0.0))
-            metrics = {
-                **reward_metrics(scored), **{k: v for k, v in upd.items() if v is not None},
-                "entropy": float(rollout_entropy), "kl": float(kl_ref), "kl/penalty_estimate": float(masked_mean(batch.kl, mask)), "beta": beta,
-                "kl/sequence": float((batch.kl * mask).sum(-1).mean()),
-                "reward/non_score": float((-beta * batch.kl).sum(-1).mean()),
-                "value/explained_variance": explained_variance(batch.values, batch.returns, mask),
-                "value/mean": float(masked_mean(batch.values, mask)), "returns/mean": float(masked_mean(batch.returns, mask)),
-                "lr": scheduler.get_last_lr()[0], "critic_lr": critic_sched.get_last_lr()[0],
-                "samples/failed": int((~valid).sum()),
-                "completion/length": float(out.response_mask.sum(-1).float().mean()),
-                "completion/truncated": sum(f == "length" for f in out.finish_reasons) / rows_total,
-            }
-            if cfg.loss.variant == "kl_penalty":
-                metrics["kl_penalty/beta"] = pen_ctl.value
-                pen_ctl.update(upd.get("approx_kl", 0.0))
-            if kl_ctl is not None:
-                kl_ctl.update(metrics["kl"], n_steps=rows_total)  # n_steps: the proportional rule's (Ziegler: samples)
-                kl_ctl.value = min(max(kl_ctl.value, cfg.kl.beta_min), cfg.kl.beta_max or float("inf"))
-            done = step + 1
-            if done % cfg.train.eval_every == 0 or done == cfg.train.steps:
-                with timer("eval"):
-                    metrics.update(evaluate())
-            metrics.update(timer.summary())
-            warnings = health_warnings(metrics, cfg.monitor, history)
-            history = (history + [[metrics.get("reward/total", 0.0), metrics["entropy"]]])[-cfg.monitor.hacking_window:]
-            metrics["warnings"] = len(warnings)
-            for w in warnings:
-                log.warning("iteration %d: %s", done, w)
-            logger.log(done, metrics)
-            bar.set_postfix(reward=f"{metrics.get('reward/total', 0):.2f}", kl=f"{metrics['kl']:.4f}",
-                            **({"eval_acc": f"{metrics['eval/accuracy']:.2f}"} if "eval/accuracy" in metrics else {}))
-            interrupted = stop.requested
-            if interrupted or (cfg.output.save_every and done % cfg.output.save_every == 0):
-                checkpoint(done)
-            if interrupted:
-                break
-    logger.close()
-    if failure is None:
-        try:
-            monitor.close()
-        except RewardFailureError as err:
-            failure = err
-    summary = eval_summary(start_metrics, metrics,
-               steps=step + 1, interrupted=interrupted, non_finite_steps=guard.total + critic_guard.total,
-               wall_s=time.perf_counter() - t0, run_dir=str(run_dir), reward_failures=monitor.counters(),
-               **({} if held_out else {"eval_note": "no held-out evaluation ran: set data.eval_file"}))
-    if failure is not None:
-        summary["stopped"] = str(failure)
-        if acc.is_main_process:
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-        raise failure
-    if acc.is_main_process and not interrupted:
-        save_final(acc.unwrap_model(model), tokenizer, run_dir)
+def save_critic(critic, head):
+    """``final/``'s companion ``critic/``: the critic's trunk and head, or the shared value head."""
+    def save(run_dir):
         if critic is not None:
-            plain_critic.save_pretrained(run_dir / "critic")
+            critic.save_pretrained(run_dir / "critic")
         else:
             from safetensors.torch import save_model
 
             (run_dir / "critic").mkdir(exist_ok=True)
-            save_model(plain_critic, str(run_dir / "critic" / "shared_value_head.safetensors"))
-        plot_metrics(logger.path, run_dir / "curves.png",
-                     ["reward/total", "reward/model", "eval/accuracy", "kl", "beta", "entropy", "value_loss",
-                      "value/explained_variance", "completion/length"], title=cfg.output.name)
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+            save_model(head, str(run_dir / "critic" / "shared_value_head.safetensors"))
+    return save
+
+
+def step_metrics(batch: PPOBatch, upd: dict, beta: float, rollout_entropy: float, raw_mask) -> dict:
+    """The iteration's metrics besides the rewards: KL to the reference (mean per-token k3; 0 without one), the
+    KL in the reward, value-function fit, completions (``raw_mask``: before failed samples were zeroed)."""
+    mask = batch.response_mask
+    kl_ref = (masked_mean(kl_divergence(batch.old_logprobs, batch.ref_logprobs, estimator="k3"), mask)
+              if batch.ref_logprobs is not None else torch.tensor(0.0))
+    return {**{k: v for k, v in upd.items() if v is not None},
+            "entropy": rollout_entropy, "kl": float(kl_ref), "kl/penalty_estimate": float(masked_mean(batch.kl, mask)),
+            "beta": beta, "kl/sequence": float((batch.kl * mask).sum(-1).mean()),
+            "reward/non_score": float((-beta * batch.kl).sum(-1).mean()),
+            "value/explained_variance": explained_variance(batch.values, batch.returns, mask),
+            "value/mean": float(masked_mean(batch.values, mask)), "returns/mean": float(masked_mean(batch.returns, mask)),
+            "completion/length": float(raw_mask.sum(-1).float().mean()),
+            "completion/truncated": sum(f == "length" for f in batch.finish_reasons) / len(batch.finish_reasons)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop: sample -> generate -> score -> logprobs -> advantages -> update -> log
+# ----------------------------------------------------------------------------------------------------------
+def run(cfg: PPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval_dataset=None, reward_funcs=None,
+        callbacks=None) -> dict:
+    """Train per ``cfg``; writes <output.dir>/<output.name>/ like every recipe (plus critic/); returns a summary.
+
+    Python API (docs/python_api.md): ``model`` + ``tokenizer`` replace ``model.path``; ``train_dataset`` /
+    ``eval_dataset`` (prompt rows with their ground-truth fields) replace the data files; ``reward_funcs``
+    (callables ``fn(completion, **fields) -> float``, a list or {name: fn}) replace ``reward.weights``;
+    ``callbacks``: ``fn(step, metrics)`` for every logged row."""
+    from alignkit.models import load_policy
+    from alignkit.rewards import RewardFailureError, reward_metrics
+
+    life = Run(cfg, desc="ppo", seed=cfg.train.seed, seed_per_rank=True, unit="it", callbacks=callbacks)
+    world, rank, acc = life.world, life.rank, life.acc
+    life.require_divisible(cfg.rollout.prompts_per_step, "rollout.prompts_per_step", "processes", world)
+    check_config(cfg, world)
+    if model is None:
+        model, tokenizer = load_policy(cfg.model)
+    reference = (frozen_copy(model) if not cfg.model.lora.enabled else None) if cfg.kl.beta > 0 else False
+    critic, head = build_critic(cfg, model)
+    model = prepare_model(model, cfg.model)
+    scorer = Scorer(cfg.reward, device=str(acc.device), reward_funcs=reward_funcs)
+    pools, held_out, dropped = load_prompts(cfg.data, tokenizer, train_records=train_dataset, eval_records=eval_dataset)
+    critic_optim_cfg = cfg.optim.model_copy(update={"lr": cfg.critic.lr})
+    optimizer = build_optimizer(model, cfg.optim)
+    critic_optim = build_optimizer(critic if critic is not None else head, critic_optim_cfg)
+    rows_per_process = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt // world
+    total = cfg.train.steps * cfg.loss.epochs * math.ceil(rows_per_process / cfg.loss.minibatch_size)
+    scheduler, critic_sched = build_scheduler(optimizer, cfg.optim, total), build_scheduler(critic_optim, cfg.optim, total)
+    sampler = PromptSampler(pools, cfg.train.seed)
+    kl_ctl = (AdaptiveKLController(cfg.kl.beta, cfg.kl.target, rule=cfg.kl.controller, horizon=cfg.kl.horizon)
+              if cfg.kl.controller != "fixed" else None)
+    pen_ctl = AdaptiveKLController(cfg.loss.kl_penalty_beta, cfg.loss.kl_penalty_target)
+    model, optimizer, critic_module, critic_optim = life.setup(
+        model, optimizer, scheduler, objects={"sampler": sampler, "kl_penalty": pen_ctl, **({"kl": kl_ctl} if kl_ctl else {})},
+        extras={"critic": (critic if critic is not None else head, critic_optim, critic_sched, critic_optim_cfg)})
+    critic, head = (None, acc.unwrap_model(critic_module)) if cfg.critic.shared_trunk else (critic_module, None)
+    opts = (optimizer, scheduler, life.guard, critic_optim, critic_sched, life.add_guard())
+    if not held_out and life.is_main:
+        log.warning("no held-out evaluation will run: data.train_file is set without data.eval_file")
+    life.begin(held_out_evaluation(lambda: life.plain, tokenizer, held_out, max_new_tokens=cfg.rollout.max_new_tokens,
+                                   rewards=scorer.rewards if cfg.data.eval_file or eval_dataset is not None else None,
+                                   success_key=cfg.reward.success_key), {"data/dropped_prompts": dropped})
+    temperature, g = cfg.rollout.temperature, cfg.rollout.samples_per_prompt
+
+    failure = None
+    with GracefulStop() as stop:
+        for step in life.steps():
+            beta = kl_ctl.value if kl_ctl is not None else cfg.kl.beta
+            with life.timer("sample"):
+                prompts = sampler.draw(cfg.rollout.prompts_per_step)[rank::world]
+            with life.timer("generate"):
+                out = sample_rollout(life.plain, tokenizer, [p[0] for p in prompts], g, cfg.rollout,
+                                     temperature=temperature, seed=cfg.train.seed * 100003 + step * 97 + rank)
+            with life.timer("score"):
+                try:
+                    scored = scorer(out.completions, out.completion_ids, out.response_mask,
+                                    [p[2] for p in prompts for _ in range(g)], [p[1] for p in prompts for _ in range(g)])
+                except RewardFailureError as err:
+                    failure = err
+                    break
+                valid = torch.tensor([s.ok for s in scored])
+                batch = PPOBatch.from_rollout(out, torch.tensor([s.total if s.ok else 0.0 for s in scored]), valid)
+            with life.timer("logprobs"):
+                entropy = rollout_forwards(life.plain, critic, head, reference, batch, temperature=temperature,
+                                           micro=cfg.loss.micro_batch_size, packing=cfg.loss.packing)
+            with life.timer("advantages"):
+                compute_advantages(batch, beta=beta, estimator=cfg.kl.estimator, gamma=cfg.loss.gamma,
+                                   lam=cfg.loss.lam, whiten_advantages=cfg.loss.whiten_advantages)
+            with life.timer("update"):
+                upd = ppo_update(model, critic, head, batch, cfg, acc=acc, opts=opts, temperature=temperature,
+                                 beta_pen=pen_ctl.value, step=step)
+            metrics = {**reward_metrics(scored), **step_metrics(batch, upd, beta, entropy, out.response_mask),
+                       "lr": scheduler.get_last_lr()[0], "critic_lr": critic_sched.get_last_lr()[0],
+                       "samples/failed": int((~valid).sum())}
+            if cfg.loss.variant == "kl_penalty":
+                metrics["kl_penalty/beta"] = pen_ctl.value
+                pen_ctl.update(upd.get("approx_kl", 0.0))
+            if kl_ctl is not None:
+                kl_ctl.update(metrics["kl"], n_steps=len(scored))  # n_steps: the proportional rule's (Ziegler: samples)
+                kl_ctl.value = min(max(kl_ctl.value, cfg.kl.beta_min), cfg.kl.beta_max or float("inf"))
+            components, totals = scorer.columns(scored)
+            life.log_samples(step + 1, [p[1] for p in prompts for _ in range(g)], batch.completions, components,
+                             total=totals)
+            if life.end_step(metrics, stop, postfix={"reward": "reward/total", "kl": "kl", "eval_acc": "eval/accuracy"}):
+                break
+    return life.finish(tokenizer=tokenizer, failure=scorer.close(failure), reward_failures=scorer.monitor.counters(),
+                       save=save_critic(acc.unwrap_model(critic) if critic is not None else None, head),
+                       plots=["reward/total", "reward/model", "eval/accuracy", "kl", "beta", "entropy", "value_loss",
+                              "value/explained_variance", "completion/length"],
+                       **({} if held_out else {"eval_note": "no held-out evaluation ran: set data.eval_file"}))

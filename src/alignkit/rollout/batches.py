@@ -3,7 +3,10 @@
 - :class:`GroupBatch` (GRPO, RLOO, ...): G_i completions for each prompt i, rows group-contiguous, groups of
   any size (``group_sizes``: adaptive G gives uneven groups). :func:`sample_groups` samples it (one
   ``generate`` call per distinct group size) and :func:`merge_rollouts` merges the per-prompt slices.
-- :class:`PPOBatch`: one completion (or a few) per prompt, plus everything computed before the update.
+- :class:`PPOBatch`: one completion (or a few) per prompt, plus everything computed before the update;
+  :meth:`PPOBatch.from_rollout` builds it from a sampled :class:`~alignkit.rollout.types.Rollout`.
+- :func:`sample_rollout`: one ``generate`` call with the sampling options of a rollout config section (both
+  recipes sample through it).
 
 Both give ``sequences(rows)`` (padded prompt + completion) and ``packed(rows)`` (the same sequences packed
 without padding: the fast path of ``alignkit.models.forwards.policy_forward``). ``batch["name"]`` reads a
@@ -97,22 +100,39 @@ class PPOBatch(_Rows):
     token_rewards: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
+    completions: list[str] = field(default_factory=list)
+    finish_reasons: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_rollout(cls, out, rewards: torch.Tensor, valid: torch.Tensor) -> PPOBatch:
+        """The batch of a sampled Rollout ``out``: ``rewards`` [B] (raw; 0 where ``valid`` [B] is False), and
+        the response mask zeroed for the rows that are not ``valid`` (their reward failed: no loss)."""
+        mask = out.response_mask * valid[:, None].to(out.response_mask.device)
+        return cls(out.prompt_ids, out.prompt_mask, out.completion_ids, mask, rewards.float(),
+                   completions=list(out.completions), finish_reasons=list(out.finish_reasons))
+
+
+def sample_rollout(model, tokenizer, prompt_ids, num_samples: int, cfg, *, temperature: float, seed: int):
+    """``num_samples`` completions of each prompt (token ids) in one ``generate`` call, with the sampling options
+    of ``cfg`` (a rollout config section: max_new_tokens, top_k, top_p, stop, backend) -> Rollout."""
+    from alignkit.rollout import generate
+
+    return generate(model, tokenizer, prompt_ids, num_samples=num_samples, max_new_tokens=cfg.max_new_tokens,
+                    temperature=temperature, top_k=cfg.top_k, top_p=cfg.top_p, stop=cfg.stop or None, seed=seed,
+                    backend=cfg.backend)
 
 
 def sample_groups(model, tokenizer, prompts, sizes, cfg, *, temperature: float, seed: int):
     """Generate sizes[i] completions for prompt i (``prompts[i][0]``: its ids), one ``generate`` call per distinct
     size, with the sampling options of ``cfg`` (a rollout config section) -> per-prompt (Rollout, row slice)
     parts in prompt order, for :func:`merge_rollouts`."""
-    from alignkit.rollout import generate
-
     by_size: dict[int, list[int]] = {}
     for i, g in enumerate(sizes):
         by_size.setdefault(g, []).append(i)
     parts = {}
     for g, idx in sorted(by_size.items()):
-        out = generate(model, tokenizer, [prompts[i][0] for i in idx], num_samples=g,
-                       max_new_tokens=cfg.max_new_tokens, temperature=temperature, top_k=cfg.top_k,
-                       top_p=cfg.top_p, stop=cfg.stop or None, seed=seed + g, backend=cfg.backend)
+        out = sample_rollout(model, tokenizer, [prompts[i][0] for i in idx], g, cfg, temperature=temperature,
+                             seed=seed + g)
         for j, i in enumerate(idx):
             parts[i] = (out, slice(j * g, (j + 1) * g))
     return [parts[i] for i in range(len(prompts))]

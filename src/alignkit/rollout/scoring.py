@@ -47,6 +47,13 @@ class Scorer:
         self.monitor.update(scored)
         return scored
 
+    @staticmethod
+    def columns(scored) -> tuple[dict[str, list], list]:
+        """({component: one value per sample (None: not applicable or failed)}, totals (None where failed)) of
+        scored samples: the columns of ``Run.log_samples`` / ``completions.jsonl``."""
+        names = list(dict.fromkeys(k for s in scored for k in s.components))
+        return {k: [s.components.get(k) for s in scored] for k in names}, [s.total if s.ok else None for s in scored]
+
     def close(self, failure: Exception | None) -> Exception | None:
         """At the end of the run: the failure that stopped it, or the monitor's verdict on the last window."""
         from alignkit.rewards import RewardFailureError
