@@ -118,3 +118,18 @@ def test_grpo_shape_parser():
     assert grpo.parse_shape("8x8") == (8, 8)
     with pytest.raises(Exception):
         grpo.parse_shape("8x1")  # G must be >= 2
+
+
+def test_train_records_steps_and_conversational_form():
+    train = _load("real_train_vs_trl")
+    sft, pref = train.records(6, seed=0)
+    for s, p in zip(sft, pref):
+        assert s["completion"] == p["chosen"] and s["completion"].endswith(f" {s['answer']}.")
+        assert _real.last_integer(p["rejected"]) != int(p["answer"])  # the rejected answer is wrong
+    conv = train.conversational(pref[:1])[0]
+    assert conv["prompt"] == [{"role": "user", "content": pref[0]["prompt"]}]
+    assert conv["rejected"] == [{"role": "assistant", "content": pref[0]["rejected"]}]
+    # marks at the start of steps 0..4 and the end of step 4: warm-up 1, then 3 timed, the last left out
+    assert train.step_times([0.0, 5.0, 6.0, 8.0, 11.0, 20.0], 1, 3) == [1.0, 2.0, 3.0]
+    with pytest.raises(RuntimeError):
+        train.step_times([0.0, 1.0], 1, 3)
