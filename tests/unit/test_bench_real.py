@@ -1,5 +1,6 @@
 """benchmarks/_real.py: the real-size benchmarks' workload, reward and floor arithmetic, checked by hand."""
 
+import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -104,7 +105,7 @@ def test_rollout_shapes_phases_and_eos_lengths():
 
     rollout = _load("real_rollout")
     assert rollout.parse_shapes("4x4, 8x8") == [(4, 4), (8, 8)]
-    with pytest.raises(Exception):
+    with pytest.raises(argparse.ArgumentTypeError):
         rollout.parse_shapes("4by4")
     p = rollout.phase_breakdown({"prefill": 1.0, "decode_forward": 6.0, "missing": []}, 10.0)
     assert p["seconds"]["other"] == pytest.approx(3.0) and p["share"]["decode_forward"] == 0.6
@@ -116,7 +117,7 @@ def test_rollout_shapes_phases_and_eos_lengths():
 def test_grpo_shape_parser():
     grpo = _load("real_grpo_vs_trl")
     assert grpo.parse_shape("8x8") == (8, 8)
-    with pytest.raises(Exception):
+    with pytest.raises(argparse.ArgumentTypeError):
         grpo.parse_shape("8x1")  # G must be >= 2
 
 
