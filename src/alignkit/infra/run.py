@@ -176,12 +176,13 @@ class Run:
 
     def begin(self, evaluate: Callable[[int], dict] | None = None, first_row: dict | None = None) -> dict:
         """The evaluation before training (``evaluate(step) -> {"eval/...": ...}``, also run at each eval
-        step) and, unless resuming, row 0 of metrics.jsonl with it and ``first_row`` (data counts)."""
+        step) and, unless resuming, row 0 of metrics.jsonl with it and ``first_row`` (data counts), when
+        either has anything."""
         if evaluate is not None:
             self.evaluate = evaluate
         self.start_metrics = self.evaluate(self.start_step)
         self.metrics = dict(self.start_metrics)
-        if self.resumed_from is None:
+        if self.resumed_from is None and (self.start_metrics or first_row):  # nothing to say: no row 0
             self.log(0, {**self.start_metrics, **(first_row or {})})
         self.loop_started = time.perf_counter()
         return self.start_metrics

@@ -10,14 +10,14 @@ sequences, minimizing the forward KL(teacher || student) per response token (sam
 This recipe composes two others: ``rejection_sampling`` (the teacher's verified data) and, in "sft" mode,
 ``sft`` (the student's training), because that is what distillation is here; docs/architecture.md notes it.
 Outputs go to <output.dir>/<output.name>/: ``teacher_data/`` (data.jsonl, stats.json), ``student/`` (the SFT
-run, or the logit-distillation run with metrics.jsonl and final/), ``summary.json``.
+run, or the logit-distillation run with metrics.jsonl and final/), ``summary.json``. Both student runs are
+built on the shared lifecycle (``alignkit.infra.run``): resume, SIGTERM, non-finite guard, time limit.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +26,9 @@ import yaml
 from pydantic import Field
 
 from alignkit.config import ModelSection, OptimSection, RewardSection, Section
+from alignkit.config import OutputSection as RunOutputSection
+from alignkit.infra.checkpoint import GracefulStop
+from alignkit.infra.run import Run, time_limit_field
 from alignkit.infra.rundir import prepare_run_dir
 from alignkit.recipes import rejection_sampling, sft
 
@@ -39,6 +42,8 @@ class StudentTrainSection(Section):
     temperature: float = Field(1.0, gt=0, description="logits mode: distillation temperature (loss scaled by T^2)")
     eval_every: int = Field(100, gt=0, description="held-out evaluation every N steps")
     seed: int = Field(0, description="seed")
+    time_limit_s: float | None = time_limit_field()
+    precision: Literal["no", "bf16", "fp16"] = Field("no", description="logits mode: mixed precision on GPUs")
 
 
 class OutputSection(Section):
@@ -46,8 +51,18 @@ class OutputSection(Section):
     name: str = Field("distill", description="outputs go to <dir>/<name>/")
     tensorboard: bool = Field(True, description="write TensorBoard events")
     resume: bool = Field(False, description="continue an interrupted run: keep its finished teacher data (same "
-                         "settings), resume the student SFT from its newest checkpoint")
+                         "settings), resume the student's training from its newest checkpoint")
+    save_every: int = Field(0, ge=0, description="student checkpoint every N steps (0 = only at the end / on SIGTERM)")
     overwrite: bool = Field(False, description="delete an earlier run in <dir>/<name>/ and start again")
+
+
+class LogitsRunConfig(Section):
+    """The logit-distillation student run as the lifecycle reads it (built from a :class:`DistillConfig`)."""
+
+    model: ModelSection
+    optim: OptimSection
+    train: StudentTrainSection
+    output: RunOutputSection
 
 
 class DistillConfig(Section):
@@ -95,58 +110,58 @@ def train_student_sft(cfg: DistillConfig, data_file: str, out_dir: Path) -> dict
         data=sft.DataSection(train_file=data_file, eval_fraction=0.05, max_length=cfg.train.max_length,
                              on_overflow="drop"),
         train=sft.TrainSection(steps=cfg.train.steps, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
-                               eval_every=cfg.train.eval_every),
+                               eval_every=cfg.train.eval_every, time_limit_s=cfg.train.time_limit_s,
+                               precision=cfg.train.precision),
         output=sft.OutputSection(dir=str(out_dir), name="student", tensorboard=cfg.output.tensorboard,
-                                 resume=cfg.output.resume))
+                                 resume=cfg.output.resume, save_every=cfg.output.save_every))
     return sft.run(scfg)
 
 
 def train_student_logits(cfg: DistillConfig, data_file: str, out_dir: Path) -> dict:
-    """Forward KL(teacher || student) on the response tokens of the teacher's verified sequences."""
+    """Forward KL(teacher || student) on the response tokens of the teacher's verified sequences; every
+    process draws the same seeded batch of each step (a pure function of seed and step: resumable) and
+    trains on its share of it."""
     from alignkit.data import load_records, pad_batch, render_many
-    from alignkit.infra import RunLogger, plot_metrics, progress, seed_everything
-    from alignkit.infra.train import build_optimizer, build_scheduler
+    from alignkit.infra.train import backward, build_optimizer, build_scheduler, global_sum, optimizer_step
     from alignkit.losses import aggregate_loss, forward_kl_distill_loss
     from alignkit.models import load_policy
 
-    seed_everything(cfg.train.seed)
+    rcfg = LogitsRunConfig(model=cfg.student, optim=cfg.optim, train=cfg.train, output=RunOutputSection(
+        dir=str(out_dir), name="student", tensorboard=cfg.output.tensorboard, resume=cfg.output.resume,
+        save_every=cfg.output.save_every))
+    life = Run(rcfg, desc="distill", seed=cfg.train.seed)
     teacher, tok_t = load_policy(cfg.teacher)
     student, tokenizer = load_policy(cfg.student)
     if tok_t.get_vocab() != tokenizer.get_vocab():
         raise ValueError("logit distillation needs the teacher's tokenizer for the student; use mode=sft")
-    teacher.eval().requires_grad_(False)
-    student.train()
+    teacher = teacher.to(life.acc.device).eval().requires_grad_(False)
     examples, _ = render_many(tokenizer, load_records(data_file, "sft"), max_length=cfg.train.max_length,
                               on_overflow="drop")
-    optimizer = build_optimizer(student, cfg.optim)
+    optimizer = build_optimizer(student.train(), cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
-    run_dir = out_dir / "student"
-    if cfg.output.resume:
-        log.warning("output.resume: logit distillation keeps no checkpoints; the student trains again from the start")
-    prepare_run_dir(run_dir, resume=False, overwrite=cfg.output.resume)
-    logger = RunLogger(run_dir, tensorboard=cfg.output.tensorboard)
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    t0 = time.perf_counter()
-    for step in progress(range(cfg.train.steps), desc="distill", unit="step"):
-        idx = torch.randint(len(examples), (cfg.train.batch_size,), generator=gen).tolist()
-        b = pad_batch([examples[i] for i in idx], pad_token_id=tokenizer.pad_token_id)
-        target = b["response_mask"][:, 1:]  # logits at t-1 predict token t
-        with torch.no_grad():
-            t_logits = teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
-        s_logits = student(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
-        per_token, _ = forward_kl_distill_loss(s_logits, t_logits, target, temperature=cfg.train.temperature)
-        loss = aggregate_loss(per_token, target, mode="token_mean")
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.optim.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        logger.log(step + 1, {"train/kl": loss.item(), "train/grad_norm": grad_norm})
-    logger.close()
-    student.save_pretrained(run_dir / "final", safe_serialization=True)
-    tokenizer.save_pretrained(run_dir / "final")
-    plot_metrics(logger.path, run_dir / "curves.png", ["train/kl"], title="logit distillation")
-    return {"wall_s": time.perf_counter() - t0, "run_dir": str(run_dir)}
+    student, optimizer = life.setup(student, optimizer, scheduler)
+    life.begin()
+    with GracefulStop() as stop:
+        for step in life.steps():
+            gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
+            idx = torch.randint(len(examples), (cfg.train.batch_size,), generator=gen).tolist()[life.rank::life.world]
+            b = {k: v.to(life.acc.device) for k, v in pad_batch([examples[i] for i in idx],
+                                                                   pad_token_id=tokenizer.pad_token_id).items()}
+            target = b["response_mask"][:, 1:]  # logits at t-1 predict token t
+            with torch.no_grad():
+                t_logits = teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+            s_logits = student(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+            per_token, _ = forward_kl_distill_loss(s_logits, t_logits, target, temperature=cfg.train.temperature)
+            loss = aggregate_loss(per_token, target, mode="token_mean",
+                                  num_tokens=max(global_sum(life.acc, int(target.sum())), 1))
+            backward(life.acc, loss)
+            grad_norm, applied = optimizer_step(student, optimizer, scheduler, guard=life.guard, loss=loss.item(),
+                                                max_grad_norm=cfg.optim.max_grad_norm, step=step + 1)
+            metrics = {"train/kl": global_sum(life.acc, loss.item()), "train/grad_norm": grad_norm,
+                       "train/lr": scheduler.get_last_lr()[0], "train/skipped": int(not applied)}
+            if life.end_step(metrics, stop, postfix={"kl": "train/kl"}):
+                break
+    return life.finish(tokenizer=tokenizer, plots=["train/kl"])
 
 
 def run(cfg: DistillConfig) -> dict:
@@ -160,7 +175,10 @@ def run(cfg: DistillConfig) -> dict:
     trainer = train_student_sft if cfg.mode == "sft" else train_student_logits
     trained = trainer(cfg, stats["data"], out_dir)
     held_out = arithmetic_eval_set(cfg.prompts.levels) if cfg.prompts.train_file is None else []
-    summary = {"mode": cfg.mode, "teacher_data": stats, "student_run": trained.get("run_dir")}
+    summary = {"mode": cfg.mode, "teacher_data": stats, "student_run": trained.get("run_dir"),
+               "interrupted": bool(trained.get("interrupted"))}
+    if summary["interrupted"]:  # SIGTERM: the student's checkpoint is saved, no final model; resume continues it
+        return summary
     if held_out:
         final = ModelSection(path=str(out_dir / "student" / "final"))
         summary["student_eval"] = evaluate_model(*load_policy(final), held_out)
