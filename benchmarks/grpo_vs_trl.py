@@ -32,10 +32,13 @@ Workload, identical on both sides (each side is its own subprocess, so peak RSS,
   span), no checkpoints, logging every step on both.
 
 Measured, per side, over one training run that stops at the first step ending past ``--budget`` seconds of
-training (the budget clock starts when the first step starts, after model loading and data preparation):
+training (TRL: the budget clock starts when the first step starts, after model loading and data preparation;
+alignkit: ``train.time_limit_s=--budget``, whose clock starts with the run, so its model loading and the
+one-prompt evaluation before the loop -- ``setup_s`` in the results, about a second on the tiny model -- count
+against alignkit's budget; step boundaries come from a ``callbacks`` entry of the recipe's Python API):
 
 - s/step: median wall time of a step (step start to next step start: everything the loop does, logging
-  included), the first ``--warmup`` steps excluded.
+  included; the held-out evaluation after alignkit's last step left out), the first ``--warmup`` steps excluded.
 - gen tok/s: real completion tokens (up to and including EOS) / time spent generating them (alignkit:
   ``time/generate``; TRL: the wall time of ``_generate_single_turn``), medians over the same steps; and
   ``step tok/s`` = completion tokens / whole step time.
@@ -86,33 +89,13 @@ def child_alignkit(args) -> dict:
     from alignkit.config import load_config
     from alignkit.recipes import grpo
 
-    marks: list[float] = []  # perf_counter at the start of every step, then at the end of the last one
+    marks: list[float] = []  # perf_counter when the loop starts (row 0) and at the end of every step
     cpu: list[float] = []    # process_time at the same points
 
-    class BudgetBar:
-        """Stands in for the progress bar: records step boundaries and ends the loop past the budget."""
+    def mark(step, row):  # a callback of the recipe's Python API: called for every logged row
+        marks.append(time.perf_counter())
+        cpu.append(time.process_time())
 
-        def __init__(self, iterable, **_):
-            self.it = iter(iterable)
-
-        def __iter__(self):
-            return self
-
-        def __next__(self):
-            now = time.perf_counter()
-            marks.append(now)
-            cpu.append(time.process_time())
-            if len(marks) > 1 and now - marks[0] >= args.budget:
-                raise StopIteration
-            try:
-                return next(self.it)
-            except StopIteration:
-                raise
-
-        def set_postfix(self, *a, **k):
-            pass
-
-    grpo.progress = BudgetBar
     work = Path(args.work)
     cfg = load_config(grpo.GRPOConfig, None, [
         f"model.path={model_dir()}", f"data.levels={json.dumps(LEVELS)}", f"data.n_train={args.n_train}",
@@ -121,20 +104,24 @@ def child_alignkit(args) -> dict:
         f"loss.beta={args.beta}", "loss.mu=1", "loss.micro_batch_size=64", "loss.std_ddof=1",
         f"optim.lr={args.lr}", "optim.warmup_steps=0", "optim.schedule=constant", "optim.weight_decay=0.0",
         "optim.max_grad_norm=1.0", f"train.steps={args.max_steps}", "train.eval_every=1000000", "train.seed=0",
-        "output.tensorboard=false", f"output.dir={work / 'runs'}", f"output.name=alignkit-{os.getpid()}",
+        f"train.time_limit_s={args.budget}", "output.tensorboard=false", f"output.dir={work / 'runs'}",
+        f"output.name=alignkit-{os.getpid()}",
     ])
-    grpo.run(cfg)
+    started = time.perf_counter()
+    grpo.run(cfg, callbacks=[mark])
     rows = [json.loads(line) for line in (work / "runs" / cfg.output.name / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "time/generate" in r]
     n = len(marks) - 1
     steps = []
     for i, r in enumerate(rows[:n]):
         tokens = r["completion/length"] * args.prompts * args.group_size
-        steps.append({"step_s": marks[i + 1] - marks[i], "cpu_s": cpu[i + 1] - cpu[i], "gen_s": r["time/generate"],
+        evaluation = r.get("time/eval", 0.0)  # the last step's held-out evaluation: outside the timed span
+        steps.append({"step_s": marks[i + 1] - marks[i] - evaluation, "cpu_s": cpu[i + 1] - cpu[i] - evaluation,
+                      "gen_s": r["time/generate"],
                       "tokens": tokens,
                       "completions": args.prompts * args.group_size,
                       "reward": r["reward/total"], **{k: v for k, v in r.items() if k.startswith("time/")}})
-    return {"steps": steps, "train_s": marks[-1] - marks[0]}
+    return {"steps": steps, "train_s": marks[-1] - marks[0], "setup_s": marks[0] - started}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ to TRL 1.12) on the same tiny models, prompts, lengths and epochs, on CPU. Resul
 
     .venv/bin/python benchmarks/ppo_vs_trl.py                          # 3 alternating runs per side
     .venv/bin/python benchmarks/ppo_vs_trl.py --iterations 4 --repeats 1   # quicker
+    .venv/bin/python benchmarks/ppo_vs_trl.py --quick --sides alignkit     # smoke run of alignkit alone (no TRL env)
     .venv/bin/python benchmarks/ppo_vs_trl.py --flops                      # + each side's matmul floor
 
 TRL removed its PPO trainer after 1.12, so TRL runs in its own virtual environment (it must not change the
@@ -89,7 +90,7 @@ def child_alignkit(args) -> dict:
 
     import alignkit.logprobs  # noqa: F401
     import alignkit.models.value  # noqa: F401
-    import alignkit.rewards.model_reward  # noqa: F401
+    import alignkit.models.reward_fn  # noqa: F401
     import alignkit.rollout  # noqa: F401
     from alignkit.config import load_config
     from alignkit.recipes import ppo
@@ -210,6 +211,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads of each side")
     ap.add_argument("--repeats", type=int, default=3, help="runs per side (median reported)")
     ap.add_argument("--out", type=Path, help="also write the results as JSON here")
+    ap.add_argument("--sides", default="trl,alignkit", help="comma-separated, run in this order (default trl,alignkit; "
+                    "alignkit alone needs no TRL environment)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: --iterations 2 --batch 8 --repeats 1")
     ap.add_argument("--flops", action="store_true",
                     help="after the timed runs, one more run per side counting its matmul FLOPs: "
                          "each side's arithmetic floor on this CPU and the largest speedup it allows "
@@ -228,23 +232,27 @@ def main() -> None:
             result = child(args)
         print(json.dumps({**result, "peak_rss_mib": peak_rss_mib()}))
         return
-    if not TRL_PYTHON.exists():
-        sys.exit(f"TRL 1.12's environment is missing: {TRL_PYTHON} (see this file's docstring)")
+    if args.quick:
+        args.iterations, args.batch, args.repeats = 2, 8, 1
+    sides = [s for s in args.sides.split(",") if s]
+    if "trl" in sides and not TRL_PYTHON.exists():
+        sys.exit(f"TRL 1.12's environment is missing: {TRL_PYTHON} (see this file's docstring); "
+                 "--sides alignkit runs alignkit alone")
     import torch
 
     with tempfile.TemporaryDirectory(prefix="ppo-bench-") as work:
         args.work = work
         write_workload(Path(work), args.iterations * args.batch)
         trl_version = subprocess.run([str(TRL_PYTHON), "-c", "import trl; print(trl.__version__)"],
-                                     capture_output=True, text=True).stdout.strip()
+                                     capture_output=True, text=True).stdout.strip() if "trl" in sides else "not run"
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch "
               f"{torch.__version__}, {args.threads} thread(s) per side; TRL {trl_version}")
         print(f"workload: {args.iterations} iterations x {args.batch} prompts, response <= {args.response_length} "
               f"tokens, 4 epochs x {args.minibatches} minibatches; bundled tiny base model, reward and value models "
               f"from its trunk")
-        runs = {"alignkit": [], "trl": []}
+        runs = {side: [] for side in sides}
         for _ in range(args.repeats):
-            for side in ("trl", "alignkit"):
+            for side in sides:
                 runs[side].append(run_child(side, args))
         table = {}
         for side, rs in runs.items():
@@ -257,22 +265,26 @@ def main() -> None:
             }
             if "phases" in rs[0]:  # alignkit's recipe times its phases (median per iteration, over all runs)
                 table[side]["phases_median_s"] = {k: statistics.median(r["phases"][k] for r in rs) for k in rs[0]["phases"]}
-        counted = {side: run_child(side, args, flops=True) for side in ("trl", "alignkit")} if args.flops else {}
-        a, t = table["alignkit"], table["trl"]
-        table["speedup"] = t["s_per_iteration"] / a["s_per_iteration"]
-        table["cpu_speedup"] = t["cpu_s_per_iteration"] / a["cpu_s_per_iteration"]
+        counted = {side: run_child(side, args, flops=True) for side in sides} if args.flops else {}
         print(f"\n  {'':10} {'s/iteration':>12} {'CPU s/iteration':>16} {'peak RSS MiB':>13}  loop s per run")
-        for side in ("alignkit", "trl"):
+        for side in sides:
             r = table[side]
             print(f"  {side:10} {r['s_per_iteration']:12.3f} {r['cpu_s_per_iteration']:16.3f} {r['peak_rss_mib']:13.0f}"
                   f"  {r['runs_loop_s']}")
-        print(f"\n  alignkit is {table['speedup']:.2f}x faster per iteration (wall), {table['cpu_speedup']:.2f}x (CPU)")
-        print(f"  mean response length (tokens, EOS included) alignkit {a['response_length']:.2f} / TRL "
-              f"{t['response_length']:.2f}")
-        print(f"  mean reward-model score per iteration (first run) alignkit {a['reward_first_run']} / TRL "
-              f"{t['reward_first_run']}")
-        print("  alignkit phases (median s/iteration): " + ", ".join(
-            f"{k.removeprefix('time/')} {v:.3f}" for k, v in sorted(a["phases_median_s"].items())))
+        a = table.get("alignkit")
+        if a is not None and "trl" in table:
+            t = table["trl"]
+            table["speedup"] = t["s_per_iteration"] / a["s_per_iteration"]
+            table["cpu_speedup"] = t["cpu_s_per_iteration"] / a["cpu_s_per_iteration"]
+            print(f"\n  alignkit is {table['speedup']:.2f}x faster per iteration (wall), {table['cpu_speedup']:.2f}x (CPU)")
+            print(f"  mean response length (tokens, EOS included) alignkit {a['response_length']:.2f} / TRL "
+                  f"{t['response_length']:.2f}")
+            print(f"  mean reward-model score per iteration (first run) alignkit {a['reward_first_run']} / TRL "
+                  f"{t['reward_first_run']}")
+        if a is not None:
+            print(f"  alignkit mean reward-model score per iteration (first run) {a['reward_first_run']}")
+            print("  alignkit phases (median s/iteration): " + ", ".join(
+                f"{k.removeprefix('time/')} {v:.3f}" for k, v in sorted(a["phases_median_s"].items())))
         if counted:
             from _flops import floor_report
 
