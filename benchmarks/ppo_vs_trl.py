@@ -89,8 +89,8 @@ def child_alignkit(args) -> dict:
     import transformers  # noqa: F401
 
     import alignkit.logprobs  # noqa: F401
-    import alignkit.models.value  # noqa: F401
     import alignkit.models.reward_fn  # noqa: F401
+    import alignkit.models.value  # noqa: F401
     import alignkit.rollout  # noqa: F401
     from alignkit.config import load_config
     from alignkit.recipes import ppo

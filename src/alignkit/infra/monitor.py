@@ -58,9 +58,9 @@ def health_warnings(m: dict, cfg: MonitorSection, history: list | None = None, *
         out.append(f"entropy {m['entropy']:.4f} < {cfg.entropy_floor}: collapse (samples nearly identical)")
     if m.get("groups/zero_variance", 0.0) >= 1.0:
         out.append("every group has all-equal rewards: no learning signal this step")
-    if m.get("skipped"):
-        out.append(f"non-finite loss or gradient norm (loss={m.get('loss')}, grad_norm={m.get('grad_norm')}): "
-                   "the optimizer step was skipped")
+    if m.get("skipped") or m.get("train/skipped"):  # RL recipes log bare names, supervised ones train/... (runs.md)
+        loss, norm = m.get("loss", m.get("train/loss")), m.get("grad_norm", m.get("train/grad_norm"))
+        out.append(f"non-finite loss or gradient norm (loss={loss}, grad_norm={norm}): the optimizer step was skipped")
     if mu is not None and m.get("clip_fraction") is not None:
         out.append(monitoring.clip_fraction_warning(m["clip_fraction"], mu, band=tuple(cfg.clip_band)))
     if "reward/total" in m and "entropy" in m:
