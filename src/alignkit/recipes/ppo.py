@@ -11,7 +11,12 @@ One iteration, as named and timed phases:
   advantages  token_rewards = -beta * KL_t (+ the sequence reward at the last response token); GAE (gamma,
               lambda) -> advantages and returns; advantages whitened                    alignkit.advantages
   update      K epochs of shuffled minibatches: -L^CLIP + c1 L^VF - c2 S              alignkit.losses
-  log         metrics.jsonl / TensorBoard, and a warning when KL or entropy leave their healthy range
+  log         metrics.jsonl / TensorBoard, the sampled completions to completions.jsonl, and a warning line
+              when a metric leaves its healthy range (alignkit.infra.monitor)
+
+The frame around these phases (resume, checkpoints with the critic and its optimizer, SIGTERM, time limit,
+evaluation cadence, callbacks, final save) is the shared lifecycle, ``alignkit.infra.run.Run``; the batch
+(``PPOBatch``), the forwards, the reference and the scorer come from rollout/, models/ and advantages.py.
 
 Decisions, stated up front:
 - KL to the reference is per-token reward shaping (InstructGPT): r_t = -beta * (logprob_t - ref_logprob_t)
