@@ -26,15 +26,31 @@ Decisions, stated up front:
   its group's statistics and of the loss. ``loss.filter_zero_variance`` also leaves out groups whose
   rewards are all equal (they have zero advantage anyway; with beta > 0 they would still pull toward the
   reference).
+- DAPO (Yu et al. 2025; ``alignkit.losses.dapo``), each an option:
+  ``rollout.dynamic_sampling``: draw up to ``rollout.max_extra_draws`` more batches of prompts until the step
+  holds ``prompts_per_step`` groups whose valid rewards differ (``DynamicSampler``); the loss sees only
+  those groups, the ``reward/*`` metrics every sample drawn in the step (all come from the same policy),
+  ``dynamic_sampling/*`` the bookkeeping; a short batch trains on what it has and warns (no informative
+  group at all: the last draw, whose advantages are all zero). One process only for now (ranks would run
+  different numbers of micro-batches).
+  ``rollout.overlong_mask``: a completion cut at ``max_new_tokens`` (finish reason "length") is left out of
+  its group's statistics and of the loss (counted as ``samples/overlong_masked``).
+  ``reward.overlong_penalty`` (weight) with ``reward.overlong_cache_tokens``: the soft overlong punishment,
+  0 up to max_new_tokens - cache tokens, then linearly down to -weight at max_new_tokens (counted in
+  TOKENS, EOS included), added to the sequence reward as the component ``overlong``.
+  Clip-higher is ``loss.clip_eps_high``, the token-level loss ``loss.aggregation=token_mean``.
+- ``loss.policy_loss=gspo`` ratios are sequence-level (geometric means), so its clip range is tiny (the
+  paper: 3e-4 / 4e-4); clip_eps above 0.01 with gspo is warned about.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from alignkit.advantages import ADVANTAGE_ESTIMATORS, zero_variance_groups
 from alignkit.config import ModelSection, OptimSection, OutputSection, RLRewardSection, Section
@@ -60,6 +76,7 @@ from alignkit.losses import (
     grpo_loss,
     masked_mean,
 )
+from alignkit.losses.dapo import DynamicSampler, overlong_mask, soft_overlong_penalty
 from alignkit.models.forwards import completion_logprobs
 from alignkit.models.reference import completion_reference, frozen_copy
 from alignkit.rollout.batches import merge_rollouts, sample_groups
@@ -96,6 +113,22 @@ class RolloutSection(Section):
     adaptive_group_size: bool = Field(False, description="larger G where the model is unsure, smaller where confident")
     min_group_size: int = Field(4, gt=1, description="adaptive G: smallest group")
     max_group_size: int = Field(16, gt=1, description="adaptive G: largest group")
+    dynamic_sampling: bool = Field(False, description="DAPO dynamic sampling: train only on groups whose rewards "
+                                   "differ, drawing more prompts until prompts_per_step such groups are found")
+    max_extra_draws: int = Field(3, ge=0, description="dynamic sampling: extra batches of prompts drawn per step "
+                                 "at most (a batch still short after them trains as it is, with a warning)")
+    overlong_mask: bool = Field(False, description="DAPO overlong filtering: completions cut at max_new_tokens "
+                                "are left out of the loss and of their group's statistics")
+
+
+class GRPORewardSection(RLRewardSection):
+    """GRPO's rewards: the RL reward section plus DAPO's soft overlong punishment."""
+
+    overlong_penalty: float = Field(0.0, ge=0, description="DAPO soft overlong punishment weight: the component "
+                                    "'overlong' goes from 0 to -weight over the last overlong_cache_tokens tokens "
+                                    "before max_new_tokens (0 = off)")
+    overlong_cache_tokens: int = Field(0, ge=0, description="DAPO L_cache in tokens: the penalty starts at "
+                                       "rollout.max_new_tokens - this many tokens (needs 0 < it <= max_new_tokens)")
 
 
 class LossSection(Section):
@@ -133,7 +166,7 @@ class GRPOConfig(Section):
     data: PromptDataSection = Field(default_factory=PromptDataSection, description="prompts")
     curriculum: CurriculumSection = Field(default_factory=CurriculumSection, description="difficulty curriculum")
     rollout: RolloutSection = Field(default_factory=RolloutSection, description="sampling")
-    reward: RLRewardSection = Field(default_factory=RLRewardSection,
+    reward: GRPORewardSection = Field(default_factory=GRPORewardSection,
                                     description="rule-based rewards and an optional trained reward model")
     loss: LossSection = Field(default_factory=LossSection, description="GRPO objective")
     optim: OptimSection = Field(default_factory=lambda: OptimSection(lr=1e-4, warmup_steps=0, schedule="constant"),
@@ -141,6 +174,13 @@ class GRPOConfig(Section):
     monitor: MonitorSection = Field(default_factory=lambda: MonitorSection(kl_limit=0.1), description="healthy ranges")
     train: TrainSection = Field(default_factory=TrainSection, description="loop")
     output: OutputSection = Field(default_factory=lambda: OutputSection(name="grpo"), description="where results go")
+
+    @model_validator(mode="after")
+    def _overlong_penalty_window(self):
+        if self.reward.overlong_penalty > 0 and not 0 < self.reward.overlong_cache_tokens <= self.rollout.max_new_tokens:
+            raise ValueError(f"reward.overlong_penalty needs 0 < reward.overlong_cache_tokens <= rollout.max_new_tokens "
+                             f"({self.rollout.max_new_tokens}), got {self.reward.overlong_cache_tokens}")
+        return self
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -160,6 +200,13 @@ def run(cfg: GRPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval
     life = Run(cfg, desc="grpo", seed=cfg.train.seed, seed_per_rank=True, callbacks=callbacks)
     world, rank, acc = life.world, life.rank, life.acc
     life.require_divisible(cfg.rollout.prompts_per_step, "rollout.prompts_per_step", "processes", world)
+    if cfg.rollout.dynamic_sampling and world > 1:
+        raise ValueError("rollout.dynamic_sampling runs on one process for now (each process would keep a different "
+                         "number of groups, hence of micro-batches); run it without accelerate/torchrun")
+    if cfg.loss.policy_loss == "gspo" and max(cfg.loss.clip_eps, cfg.loss.clip_eps_high or 0) > 0.01:
+        log.warning("loss.policy_loss=gspo clips a sequence-level ratio (a geometric mean over tokens), which moves far "
+                    "less than a token ratio: clip_eps=%g (clip_eps_high=%s) will almost never clip; the GSPO paper "
+                    "uses 3e-4 (4e-4 high)", cfg.loss.clip_eps, cfg.loss.clip_eps_high)
     if model is None:
         model, tokenizer = load_policy(cfg.model)
     use_ref = cfg.loss.beta > 0 or (cfg.loss.beta_final or 0) > 0
@@ -188,24 +235,43 @@ def run(cfg: GRPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval
             temperature = piecewise_constant(step, cfg.rollout.temperature_schedule, cfg.rollout.temperature)
             beta = kl_ctl.value if kl_ctl is not None else interpolate(
                 step, cfg.train.steps, cfg.loss.beta, cfg.loss.beta if cfg.loss.beta_final is None else cfg.loss.beta_final)
-            with life.timer("sample"):
-                prompts = sampler.draw(cfg.rollout.prompts_per_step, curriculum.level if cfg.curriculum.enabled else None)[rank::world]
-                sizes = [adaptive.size(p[1], p[2].get("level")) if cfg.rollout.adaptive_group_size
-                         else cfg.rollout.group_size for p in prompts]
-            with life.timer("generate"):
-                parts = sample_groups(life.plain, tokenizer, prompts, sizes, cfg.rollout, temperature=temperature,
-                                      seed=cfg.train.seed * 100003 + step * 97 + rank)
-                batch = merge_rollouts(parts, tokenizer.pad_token_id)
-            with life.timer("score"):
-                rows_of = [i for i, g in enumerate(sizes) for _ in range(g)]
-                try:
-                    scored = scorer(batch.completions, batch.completion_ids, batch.response_mask,
-                                    [prompts[i][2] for i in rows_of], [prompts[i][1] for i in rows_of])
-                except RewardFailureError as err:
-                    failure = err
-                    break
-                valid = torch.tensor([s.ok for s in scored])
+            dynamic = DynamicSampler(len(range(rank, cfg.rollout.prompts_per_step, world)),
+                                     1 + cfg.rollout.max_extra_draws) if cfg.rollout.dynamic_sampling else None
+            drawn, kept = [], []  # every draw of the step; the (part, prompt, size, scores) of each kept group
+            try:
+                while True:
+                    draw = draw_and_score(cfg, life, tokenizer, scorer, sampler, curriculum, adaptive, step=step,
+                                          draw=len(drawn), temperature=temperature)
+                    drawn.append(draw)
+                    if dynamic is None:
+                        break
+                    keep = dynamic.add(draw["raw"], draw["sizes"], draw["valid"])
+                    kept += [group_of(draw, g) for g in keep]
+                    if dynamic.done:
+                        break
+            except RewardFailureError as err:
+                failure = err
+                break
+            if dynamic is not None:
+                if not dynamic.filled:
+                    log.warning("step %d: dynamic sampling kept %d of %d groups with differing rewards after %d draws "
+                                "(rollout.max_extra_draws=%d); training on %s", step + 1, dynamic.groups_kept,
+                                dynamic.target_groups, dynamic.draws, cfg.rollout.max_extra_draws,
+                                "these" if kept else "the last draw (all advantages zero)")
+                if kept:
+                    with life.timer("generate"):
+                        parts = [k[0] for k in kept]
+                        batch = merge_rollouts(parts, tokenizer.pad_token_id)
+                    prompts, sizes = [k[1] for k in kept], [k[2] for k in kept]
+                    scored = [s for k in kept for s in k[3]]
+                    valid = torch.cat([k[4] for k in kept])
+                else:
+                    batch, prompts, sizes, scored, valid = (drawn[-1][k] for k in ("batch", "prompts", "sizes", "scored", "valid"))
                 raw = torch.tensor([s.total if s.ok else 0.0 for s in scored], dtype=torch.float32)
+            else:
+                batch, prompts, sizes, scored, valid, raw = (drawn[0][k] for k in ("batch", "prompts", "sizes", "scored",
+                                                                                      "valid", "raw"))
+            all_scored = [s for d in drawn for s in d["scored"]]
             with life.timer("advantages"):
                 advantages = ADVANTAGE_ESTIMATORS[cfg.loss.advantages](raw, sizes, eps=cfg.loss.eps, valid=valid, **adv_opts)
                 flat_groups = zero_variance_groups(advantages, sizes)  # all-equal valid rewards <=> all-zero advantages
@@ -241,12 +307,15 @@ def run(cfg: GRPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval
                             stats.setdefault(f"{key}@{it}", []).append(value)
                     grad_norm, applied = optimizer_step(model, optimizer, scheduler, guard=life.guard, loss=loss_total,
                                                         max_grad_norm=cfg.optim.max_grad_norm, step=step + 1)
-            success_rate = update_schedules(cfg, scored, prompts, sizes, curriculum, adaptive)
-            metrics = {**reward_metrics(scored), **step_metrics(stats, cfg.loss.mu - 1, advantages, valid, flat_groups, batch),
+            success_rate = update_schedules(cfg, all_scored, [p for d in drawn for p in d["prompts"]],
+                                            [g for d in drawn for g in d["sizes"]], curriculum, adaptive)
+            metrics = {**reward_metrics(all_scored), **step_metrics(stats, cfg.loss.mu - 1, advantages, valid, flat_groups, batch),
+                       **(dynamic.metrics() if dynamic is not None else {}),
+                       **({"samples/overlong_masked": sum(d["overlong"] for d in drawn)} if cfg.rollout.overlong_mask else {}),
                        "loss": loss_total, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0], "beta": beta,
                        "temperature": temperature, "group_size/mean": sum(sizes) / len(sizes),
                        "curriculum/level": curriculum.level if cfg.curriculum.enabled else None,
-                       "samples/failed": int((~valid).sum()), "skipped": int(not applied), "success_rate": success_rate}
+                       "samples/failed": sum(not s.ok for s in all_scored), "skipped": int(not applied), "success_rate": success_rate}
             metrics = {k: v for k, v in metrics.items() if v is not None}
             if kl_ctl is not None and "kl" in metrics:
                 kl_ctl.update(metrics["kl"])
@@ -257,6 +326,44 @@ def run(cfg: GRPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval
                        plots=["reward/total", "reward/success_rate", "eval/accuracy", "eval/format", "kl", "entropy",
                               "completion/length"],
                        **({} if held_out else {"eval_note": "no held-out evaluation ran: set data.eval_file"}))
+
+
+def draw_and_score(cfg: GRPOConfig, life: Run, tokenizer, scorer: Scorer, sampler, curriculum, adaptive, *, step: int,
+                   draw: int, temperature: float) -> dict:
+    """One draw of the step: prompts (this process's share) -> G completions each -> scores, with DAPO's soft
+    overlong penalty added as the component ``overlong`` when ``reward.overlong_penalty`` > 0 -> {prompts,
+    sizes, parts, batch, scored, raw [N] (0 where failed), valid [N] (scored, and not truncated under
+    ``rollout.overlong_mask``), overlong (rows masked for truncation)}. Raises RewardFailureError."""
+    rank, world = life.rank, life.world
+    with life.timer("sample"):
+        prompts = sampler.draw(cfg.rollout.prompts_per_step, curriculum.level if cfg.curriculum.enabled else None)[rank::world]
+        sizes = [adaptive.size(p[1], p[2].get("level")) if cfg.rollout.adaptive_group_size
+                 else cfg.rollout.group_size for p in prompts]
+    with life.timer("generate"):
+        parts = sample_groups(life.plain, tokenizer, prompts, sizes, cfg.rollout, temperature=temperature,
+                              seed=cfg.train.seed * 100003 + step * 97 + rank + draw * 1000003)
+        batch = merge_rollouts(parts, tokenizer.pad_token_id)
+    with life.timer("score"):
+        rows_of = [i for i, g in enumerate(sizes) for _ in range(g)]
+        scored = scorer(batch.completions, batch.completion_ids, batch.response_mask,
+                        [prompts[i][2] for i in rows_of], [prompts[i][1] for i in rows_of])
+        if cfg.reward.overlong_penalty > 0:
+            penalty = cfg.reward.overlong_penalty * soft_overlong_penalty(
+                batch.response_mask.sum(-1), cfg.rollout.max_new_tokens, cfg.reward.overlong_cache_tokens)
+            scored = [dataclasses.replace(s, total=s.total + float(p), components={**s.components, "overlong": float(p)})
+                      if s.ok else s for s, p in zip(scored, penalty)]
+        valid = torch.tensor([s.ok for s in scored], dtype=torch.bool)
+        not_cut = overlong_mask(batch.finish_reasons) if cfg.rollout.overlong_mask else torch.ones_like(valid)
+        raw = torch.tensor([s.total if s.ok else 0.0 for s in scored], dtype=torch.float32)
+    return {"prompts": prompts, "sizes": sizes, "parts": parts, "batch": batch, "scored": scored, "raw": raw,
+            "valid": valid & not_cut, "overlong": int((valid & ~not_cut).sum())}
+
+
+def group_of(draw: dict, g: int) -> tuple:
+    """Group ``g`` of a draw: (its rollout part, prompt, size, scored samples, valid [size])."""
+    start = sum(draw["sizes"][:g])
+    rows = slice(start, start + draw["sizes"][g])
+    return draw["parts"][g], draw["prompts"][g], draw["sizes"][g], draw["scored"][rows], draw["valid"][rows]
 
 
 def update_schedules(cfg: GRPOConfig, scored, prompts, sizes, curriculum, adaptive) -> float:
