@@ -112,3 +112,17 @@ def row_length(pair: Pair, share_prefix: bool) -> int:
     """Columns the pair takes in a :func:`collate_pairs` batch (the sort key of length bucketing)."""
     c, r = pair.chosen.input_ids, pair.rejected.input_ids
     return len(c) + len(r) - common_prefix_length(c, r) if share_prefix else max(len(c), len(r))
+
+
+def pair_lengths(batch: dict) -> torch.Tensor:
+    """[2B] response token counts (EOS included), chosen then rejected, of a :func:`collate_pairs` batch in
+    either layout (the length normalization of SimPO and ORPO).
+
+    >>> from alignkit.data import RenderedExample
+    >>> p = Pair(RenderedExample([5, 6, 7, 1], [0, 0, 1, 1]), RenderedExample([5, 6, 8, 9, 1], [0, 0, 1, 1, 1]))
+    >>> pair_lengths(collate_pairs([p], 0)).tolist(), pair_lengths(collate_pairs([p], 0, share_prefix=True)).tolist()
+    ([2, 3], [2, 3])
+    """
+    if "segments" in batch:
+        return torch.cat([batch["chosen_mask"].sum(-1), batch["rejected_mask"].sum(-1)])
+    return batch["response_mask"].sum(-1)

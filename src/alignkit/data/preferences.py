@@ -65,3 +65,47 @@ def to_preference_records(problems: Iterable[Problem], *, seed: int = 0, max_off
     return [{"prompt": p.question, "chosen": ideal_trace(p),
              "rejected": wrong_completion(p, rng.choice(offsets), rejected=rejected), "answer": p.answer_text}
             for p in problems]
+
+
+# Used by DPO and KTO (and online DPO's held-out set): the rejected side may also be the right answer badly
+# formatted.
+REJECTED_KINDS = ("wrong_answer", "wrong_trace", "bad_format")
+MIXED_KINDS = ("wrong_answer", "bad_format")  # wrong_trace needs a model that can check arithmetic: opt-in
+
+
+def bad_format_completion(problem, variant: int) -> str:
+    """The right answer in one of four wrong layouts (``variant`` mod 4): bare number, ``q=a``, an answer
+    block without the think block, a think block without the answer tags.
+
+    >>> from alignkit.data import Problem
+    >>> p = Problem("23+45", 68, 2, (23, 45), ("+",))
+    >>> [bad_format_completion(p, v) for v in range(4)]
+    ['68', '23+45=68', '<answer>68</answer>', '<think>23+45=68</think>68']
+    """
+    from alignkit.data import evaluate_steps
+
+    _, steps = evaluate_steps(problem.operands, problem.operators)
+    layouts = (str(problem.answer), f"{problem.question}={problem.answer}", f"<answer>{problem.answer}</answer>",
+               f"<think>{' '.join(steps)}</think>{problem.answer}")
+    return layouts[variant % len(layouts)]
+
+
+def arithmetic_preferences(problems, *, rejected: str = "mixed", max_offset: int = 5, seed: int = 0) -> list[dict]:
+    """Preference rows ``{"prompt", "chosen", "rejected", "answer", "rejected_kind"}``: chosen = the correct
+    R1 trace; rejected = a wrong answer (``alignkit.data.preferences.wrong_completion``) or the right answer
+    badly formatted (:func:`bad_format_completion`), per ``rejected`` ('mixed': wrong_answer or bad_format,
+    drawn per pair)."""
+    from alignkit.data import ideal_trace
+
+    if rejected != "mixed" and rejected not in REJECTED_KINDS:
+        raise ValueError(f"rejected must be 'mixed' or one of {list(REJECTED_KINDS)} (got {rejected!r})")
+    rng = random.Random(seed)
+    offsets = [d for d in range(-max_offset, max_offset + 1) if d]
+    rows = []
+    for p in problems:
+        kind = rng.choice(MIXED_KINDS) if rejected == "mixed" else rejected
+        bad = (bad_format_completion(p, rng.randrange(4)) if kind == "bad_format"
+               else wrong_completion(p, rng.choice(offsets), rejected=kind))
+        rows.append({"prompt": p.question, "chosen": ideal_trace(p), "rejected": bad, "answer": p.answer_text,
+                     "rejected_kind": kind})
+    return rows

@@ -23,6 +23,18 @@ Reference (``ref.mode``):
   never loads it).
 ``loss.reference_free: true`` drops the reference from the loss (log pi_ref = 0); no reference is built.
 
+Loss family (``loss.loss_type``, a key of ``alignkit.losses.PREFERENCE_LOSSES``): ``sigmoid`` (DPO), ``ipo``
+(Azar et al. 2023), ``simpo`` (Meng et al. 2024: length-normalized logprobs, margin ``loss.gamma``; beta ~2 in
+the paper) and ``orpo`` (Hong et al. 2024: chosen NLL + ``loss.lam`` x odds-ratio term; no beta). SimPO and
+ORPO read no reference: none is loaded or cached for training. Their length normalization uses each side's
+response token count (EOS included). An option the chosen loss does not take (gamma outside simpo, lam
+outside orpo, label_smoothing with ipo/orpo, beta or its schedule with orpo, reference_free with a loss that
+is reference-free already) is refused when the config loads.
+
+Overfitting: at every evaluation the held-out reward accuracy is compared with the training accuracy (mean
+since the previous evaluation); when over the last 3 evaluations the held-out one fell while the training
+one rose, ``alignkit.monitoring.dpo_overfitting_warning`` is logged and ``eval/overfitting`` is 1.
+
 Metrics (``train/*`` per step over the global batch, ``eval/*`` on held-out pairs): ``rewards/chosen``,
 ``rewards/rejected`` (beta x log-ratios), ``rewards/margin`` (r_w - r_l), ``rewards/accuracy``,
 ``rewards/confidence`` = sigma(margin) (the lecture's "confidence in ranking"), ``rewards/grad_weight`` =
@@ -62,7 +74,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -73,9 +84,15 @@ from pydantic import Field, model_validator
 
 from alignkit.config import ModelSection, OptimSection, OutputSection, Section
 from alignkit.data.order import ShuffledOrder
-from alignkit.data.pairs import Pair, row_length
+from alignkit.data.pairs import Pair, pair_lengths, row_length
 from alignkit.data.pairs import collate_pairs as collate
 from alignkit.data.pairs import render_pairs as render_pairs_
+from alignkit.data.preferences import (  # noqa: F401  (part of the recipe's API)
+    MIXED_KINDS,
+    REJECTED_KINDS,
+    arithmetic_preferences,
+    bad_format_completion,
+)
 from alignkit.data.source import DataSourceFields
 from alignkit.infra.checkpoint import GracefulStop
 from alignkit.infra.run import Run, no_sync_unless_last, time_limit_field
@@ -96,11 +113,8 @@ from alignkit.models.reference import (
     reference_logps,
 )
 
-REFERENCE_LOSSES = tuple(k for k in PREFERENCE_LOSSES if k not in REFERENCE_FREE_LOSSES)
 logger = logging.getLogger(__name__)
 
-REJECTED_KINDS = ("wrong_answer", "wrong_trace", "bad_format")
-MIXED_KINDS = ("wrong_answer", "bad_format")  # wrong_trace needs a model that can check arithmetic: opt-in
 CACHE_FILE = "ref_logprobs.safetensors"
 
 
@@ -129,9 +143,14 @@ class ReferenceSection(Section):
 
 
 class LossSection(Section):
-    loss_type: Literal[REFERENCE_LOSSES] = Field("sigmoid", description="a key of alignkit.losses.PREFERENCE_LOSSES "
-                                                 "that uses the reference: sigmoid (DPO), ipo ((h - 1/(2 beta))^2)")
-    beta: float = Field(0.1, gt=0, description="KL strength beta (the start value under a schedule)")
+    loss_type: Literal[tuple(PREFERENCE_LOSSES)] = Field(
+        "sigmoid", description="a key of alignkit.losses.PREFERENCE_LOSSES: sigmoid (DPO), ipo ((h - 1/(2 beta))^2), "
+        "simpo (SimPO: length-normalized, margin gamma, no reference; beta ~2), orpo (ORPO: NLL + lam x "
+        "odds-ratio term, no reference, no beta)")
+    beta: float = Field(0.1, gt=0, description="KL strength beta (the start value under a schedule); SimPO's "
+                        "reward scale (the paper: 2.0-2.5); not used by orpo")
+    gamma: float | None = Field(None, ge=0, description="simpo only: target reward margin (None = 0.5)")
+    lam: float | None = Field(None, gt=0, description="orpo only: weight of the odds-ratio term (None = 0.1)")
     beta_final: float | None = Field(None, gt=0, description="beta at the last step under a schedule")
     beta_schedule: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="beta over training: constant, or from beta to beta_final linearly / by cosine")
@@ -143,6 +162,41 @@ class LossSection(Section):
         if self.beta_schedule != "constant" and self.beta_final is None:
             raise ValueError(f"beta_schedule={self.beta_schedule!r} needs beta_final")
         return self
+
+    @model_validator(mode="after")
+    def _options_apply_to_the_loss(self):
+        t = self.loss_type
+        refused = [(self.gamma is not None and t != "simpo", "gamma (the SimPO margin) applies to loss_type=simpo only"),
+                   (self.lam is not None and t != "orpo", "lam (the ORPO weight) applies to loss_type=orpo only"),
+                   (self.label_smoothing > 0 and t in ("ipo", "orpo"), f"label_smoothing does not apply to loss_type={t}"),
+                   (self.reference_free and t in REFERENCE_FREE_LOSSES,
+                    f"reference_free: loss_type={t} reads no reference already; leave reference_free unset"),
+                   (t == "orpo" and (self.beta != type(self).model_fields["beta"].default or self.beta_final is not None
+                                     or self.beta_schedule != "constant"),
+                    "loss_type=orpo has no beta (its odds-ratio weight is lam); leave beta and its schedule unset")]
+        for bad, why in refused:
+            if bad:
+                raise ValueError(why)
+        return self
+
+    @property
+    def uses_reference(self) -> bool:
+        """False for reference_free and for the reference-free losses (simpo, orpo): no reference is built."""
+        return not self.reference_free and self.loss_type not in REFERENCE_FREE_LOSSES
+
+    def loss_options(self, beta: float) -> dict:
+        """The keyword options of ``PREFERENCE_LOSSES[loss_type]`` (only those it takes)."""
+        t = self.loss_type
+        if t == "orpo":
+            return {"lam": 0.1 if self.lam is None else self.lam}
+        opts = {"beta": beta}
+        if t == "simpo":
+            opts["gamma"] = 0.5 if self.gamma is None else self.gamma
+        else:
+            opts["reference_free"] = self.reference_free
+        if self.label_smoothing:  # sigmoid and simpo; refused above for the others
+            opts["label_smoothing"] = self.label_smoothing
+        return opts
 
 
 class TrainSection(Section):
@@ -175,45 +229,6 @@ class DPOConfig(Section):
 # --------------------------------------------------------------------------------------------------------
 # Data: synthetic pairs, rendering with the bad-input policy, collation.
 # --------------------------------------------------------------------------------------------------------
-
-def bad_format_completion(problem, variant: int) -> str:
-    """The right answer in one of four wrong layouts (``variant`` mod 4): bare number, ``q=a``, an answer
-    block without the think block, a think block without the answer tags.
-
-    >>> from alignkit.data import Problem
-    >>> p = Problem("23+45", 68, 2, (23, 45), ("+",))
-    >>> [bad_format_completion(p, v) for v in range(4)]
-    ['68', '23+45=68', '<answer>68</answer>', '<think>23+45=68</think>68']
-    """
-    from alignkit.data import evaluate_steps
-
-    _, steps = evaluate_steps(problem.operands, problem.operators)
-    layouts = (str(problem.answer), f"{problem.question}={problem.answer}", f"<answer>{problem.answer}</answer>",
-               f"<think>{' '.join(steps)}</think>{problem.answer}")
-    return layouts[variant % len(layouts)]
-
-
-def arithmetic_preferences(problems, *, rejected: str = "mixed", max_offset: int = 5, seed: int = 0) -> list[dict]:
-    """Preference rows ``{"prompt", "chosen", "rejected", "answer", "rejected_kind"}``: chosen = the correct
-    R1 trace; rejected = a wrong answer (``alignkit.data.preferences.wrong_completion``) or the right answer
-    badly formatted (:func:`bad_format_completion`), per ``rejected`` ('mixed': wrong_answer or bad_format,
-    drawn per pair)."""
-    from alignkit.data import ideal_trace
-    from alignkit.data.preferences import wrong_completion
-
-    if rejected != "mixed" and rejected not in REJECTED_KINDS:
-        raise ValueError(f"rejected must be 'mixed' or one of {list(REJECTED_KINDS)} (got {rejected!r})")
-    rng = random.Random(seed)
-    offsets = [d for d in range(-max_offset, max_offset + 1) if d]
-    rows = []
-    for p in problems:
-        kind = rng.choice(MIXED_KINDS) if rejected == "mixed" else rejected
-        bad = (bad_format_completion(p, rng.randrange(4)) if kind == "bad_format"
-               else wrong_completion(p, rng.choice(offsets), rejected=kind))
-        rows.append({"prompt": p.question, "chosen": ideal_trace(p), "rejected": bad, "answer": p.answer_text,
-                     "rejected_kind": kind})
-    return rows
-
 
 def render_pairs(tokenizer, records, cfg: DataSection) -> tuple[list[Pair], list, dict]:
     """Records -> (pairs, their parsed records, {"dropped": over-long, "skipped_identical": chosen == rejected})."""
@@ -259,20 +274,26 @@ STAT_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/ac
              "rewards/grad_weight", "logps/chosen", "logps/rejected")
 
 
-def pair_loss(logps: torch.Tensor, ref_logps: torch.Tensor, *, beta: float, cfg: LossSection
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Concatenated [2B] policy and reference logprobs (chosen first) -> (losses [B], per-pair stats [B]).
+def pair_loss(logps: torch.Tensor, ref_logps: torch.Tensor | None, *, beta: float, cfg: LossSection,
+              lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Concatenated [2B] policy and reference logprobs (chosen first; reference None for the reference-free
+    losses) and response token counts ``lengths`` [2B] (needed by simpo and orpo) -> (losses [B], per-pair
+    stats [B]).
 
-    margin = r_w - r_l with r = beta * (log pi - log pi_ref); accuracy = 1[margin > 0] + 0.5 * 1[margin = 0];
-    confidence = sigma(margin); grad_weight = sigma(r_l - r_w) = 1 - confidence.
+    margin = r_w - r_l with each loss's own implicit reward (DPO: r = beta * (log pi - log pi_ref));
+    accuracy = 1[margin > 0] + 0.5 * 1[margin = 0]; confidence = sigma(margin); grad_weight = sigma(r_l - r_w)
+    = 1 - confidence (the sigmoid loss's per-pair gradient weight).
     """
     pc, pr = logps.chunk(2)
-    rc, rr = ref_logps.chunk(2)
-    opts = {"beta": beta, "reference_free": cfg.reference_free}
-    if cfg.label_smoothing:  # only the sigmoid loss takes it; IPO refuses it (never silently ignored)
-        opts["label_smoothing"] = cfg.label_smoothing
-    ones = torch.ones_like(pc)  # sequence lengths: unused by the reference-based losses
-    losses, m = PREFERENCE_LOSSES[cfg.loss_type](PairLogps(pc, pr, ones, ones, rc, rr), **opts)
+    rc, rr = ref_logps.chunk(2) if ref_logps is not None and cfg.uses_reference else (None, None)
+    if lengths is None:
+        if cfg.loss_type in REFERENCE_FREE_LOSSES:
+            raise ValueError(f"loss_type={cfg.loss_type} normalizes by length: pass lengths")
+        lengths = torch.ones_like(logps)  # unused by the reference-based losses
+    lc, lr = lengths.to(logps.dtype).chunk(2)
+    if rc is None and cfg.loss_type not in REFERENCE_FREE_LOSSES:  # reference_free DPO / IPO: log pi_ref = 0
+        rc = rr = torch.zeros_like(pc)
+    losses, m = PREFERENCE_LOSSES[cfg.loss_type](PairLogps(pc, pr, lc, lr, rc, rr), **cfg.loss_options(beta))
     chosen_rewards, rejected_rewards = m["rewards/chosen"], m["rewards/rejected"]
     margin = chosen_rewards - rejected_rewards
     stats = dict(zip(STAT_KEYS, (chosen_rewards, rejected_rewards, margin,
@@ -284,7 +305,7 @@ def pair_loss(logps: torch.Tensor, ref_logps: torch.Tensor, *, beta: float, cfg:
 def batch_loss(model, batch: dict, ref_logps: torch.Tensor, *, num_pairs: int, beta: float, cfg: LossSection
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of the batch's pair losses / ``num_pairs`` (the global batch's pairs), per-stat sums [len(STAT_KEYS)])."""
-    losses, stats = pair_loss(pair_logps(model, batch), ref_logps, beta=beta, cfg=cfg)
+    losses, stats = pair_loss(pair_logps(model, batch), ref_logps, beta=beta, cfg=cfg, lengths=pair_lengths(batch))
     return losses.sum() / num_pairs, torch.stack([stats[k].sum() for k in STAT_KEYS]).double()
 
 
@@ -340,7 +361,7 @@ def evaluate(policy, tokenizer, pairs: list[Pair], records: list, ref_cache: dic
         group = collate(pairs[i:i + batch_size], tokenizer.pad_token_id, share_prefix=share_prefix)
         batch = {k: v.to(device) for k, v in group.items()}
         ref = reference_logps(batch, mode="precomputed", cache=ref_cache, split="eval")
-        losses, stats = pair_loss(pair_logps(policy, batch), ref, beta=beta, cfg=loss_cfg)
+        losses, stats = pair_loss(pair_logps(policy, batch), ref, beta=beta, cfg=loss_cfg, lengths=pair_lengths(batch))
         loss_sum += float(losses.sum())
         sums += torch.stack([stats[k].sum() for k in STAT_KEYS]).double().cpu()
     out = {"eval/loss": loss_sum / len(pairs), **{f"eval/{k}": float(v) / len(pairs) for k, v in zip(STAT_KEYS, sums)}}
@@ -361,6 +382,31 @@ def evaluate(policy, tokenizer, pairs: list[Pair], records: list, ref_cache: dic
 # The run.
 # --------------------------------------------------------------------------------------------------------
 
+class OverfittingCheck:
+    """Wraps the evaluation: pairs each held-out reward accuracy with the mean training accuracy since the
+    previous evaluation and adds ``eval/overfitting`` (1 when ``alignkit.monitoring.dpo_overfitting_warning``
+    fires over the last 3 evaluations, which it also logs). The evaluation before training only starts it."""
+
+    def __init__(self, window: int = 3):
+        self.window, self.train_accuracy = window, []
+        self.train_means: list[float] = []
+        self.eval_accuracy: list[float] = []
+
+    def __call__(self, out: dict) -> dict:
+        from alignkit.monitoring import dpo_overfitting_warning
+
+        if "eval/rewards/accuracy" not in out or not self.train_accuracy:
+            self.train_accuracy.clear()
+            return out
+        self.train_means.append(sum(self.train_accuracy) / len(self.train_accuracy))
+        self.eval_accuracy.append(out["eval/rewards/accuracy"])
+        self.train_accuracy.clear()
+        warning = dpo_overfitting_warning(self.train_means, self.eval_accuracy, window=self.window)
+        if warning:
+            logger.warning(warning)
+        return {**out, "eval/overfitting": float(warning is not None)}
+
+
 def setup_reference(cfg: DPOConfig, acc, model, ref_model, tokenizer, train: list[Pair], held_out: list[Pair],
                     run_dir: Path, share_prefix: bool, model_key: str) -> tuple[dict, bool]:
     """-> (cache {train_*, eval_*} [N], reused from the run directory?). Call with the policy at its INITIAL
@@ -369,7 +415,7 @@ def setup_reference(cfg: DPOConfig, acc, model, ref_model, tokenizer, train: lis
     lora = cfg.model.lora.enabled
     with (model.disable_adapter() if lora else nullcontext()):  # LoRA starts as the identity, but be exact
         reference = ref_model if ref_model is not None else model
-        cached = train if cfg.ref.mode == "precomputed" and not cfg.loss.reference_free else []
+        cached = train if cfg.ref.mode == "precomputed" and cfg.loss.uses_reference else []
         return reference_cache(acc, run_dir / CACHE_FILE, data_fingerprint(model_key, cached, held_out),
                                reference.to(acc.device), cached, held_out, tokenizer.pad_token_id, cfg.ref.batch_size,
                                share_prefix)
@@ -395,7 +441,7 @@ def run(cfg: DPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval_
     if model is None:
         model, tokenizer = load_policy(cfg.model)
     initial = frozen_copy(model) if user_model and not cfg.model.lora.enabled else None  # held-out KL reference
-    ref_model = frozen_copy(model).to(acc.device) if cfg.ref.mode == "copy" and not cfg.loss.reference_free else None
+    ref_model = frozen_copy(model).to(acc.device) if cfg.ref.mode == "copy" and cfg.loss.uses_reference else None
     model_key = json.dumps(cfg.model.model_dump(mode="json"), sort_keys=True)
     if user_model:
         model_key += f"|{type(model).__name__}|{sum(float(p.double().sum()) for p in model.parameters()):.10e}"
@@ -418,12 +464,13 @@ def run(cfg: DPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval_
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
     order = ShuffledOrder(len(train), cfg.train.seed)
     model, optimizer = life.setup(model, optimizer, scheduler, objects={"data": order})
-    mode = "none" if cfg.loss.reference_free else cfg.ref.mode
+    mode = "none" if not cfg.loss.uses_reference else cfg.ref.mode
     load_initial = (lambda: initial) if initial is not None else (lambda: load_policy(cfg.model)[0])
-    life.begin(lambda step: evaluate(
+    overfit = OverfittingCheck()
+    life.begin(lambda step: overfit(evaluate(
         life.plain, tokenizer, held_out, held_out_records, cache, beta=beta_at(step, cfg.train.steps, cfg.loss),
         loss_cfg=cfg.loss, train_cfg=cfg.train, share_prefix=share,
-        kl_reference=lambda: eval_reference(life.plain, ref_model, load_initial, acc.device)),
+        kl_reference=lambda: eval_reference(life.plain, ref_model, load_initial, acc.device))),
         {**{f"data/{k}": v for k, v in counts.items()}, "time/reference_setup": t_setup,
          "data/reference_cache_reused": int(reused)})
 
@@ -440,7 +487,7 @@ def run(cfg: DPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval_
                 for m in range(cfg.train.grad_accum):
                     group = collate(local[m * micro_n:(m + 1) * micro_n], pad_id, share_prefix=share)
                     batch = {k: v.to(acc.device) for k, v in group.items()}
-                    ref = (torch.zeros(2 * micro_n, device=acc.device) if mode == "none" else
+                    ref = (None if mode == "none" else
                            reference_logps(batch, mode=mode, ref_model=ref_model, policy=life.plain, cache=cache))
                     with no_sync_unless_last(acc, model, m, cfg.train.grad_accum):
                         loss, stat_sums = batch_loss(model, batch, ref, num_pairs=B, beta=beta, cfg=cfg.loss)
@@ -455,6 +502,7 @@ def run(cfg: DPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval_
             metrics = {"train/loss": totals[0], **{f"train/{k}": v / B for k, v in zip(STAT_KEYS, totals[1:])},
                        "train/beta": beta, "train/grad_norm": grad_norm, "train/lr": scheduler.get_last_lr()[0],
                        "train/skipped": int(not applied)}
+            overfit.train_accuracy.append(metrics["train/rewards/accuracy"])
             if life.end_step(metrics, stop, postfix={"loss": "train/loss", "acc": "train/rewards/accuracy"}):
                 break
     return life.finish(tokenizer=tokenizer, plots=["train/loss", "train/rewards/accuracy", "eval/rewards/accuracy",
