@@ -53,6 +53,7 @@ from alignkit.rewards.combine import combine
 from alignkit.rewards.format import format_reward, format_reward_soft
 from alignkit.rewards.language import language_consistency_reward
 from alignkit.rewards.length import length_penalty
+from alignkit.rewards.steps import step_reward
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ BUILTIN_REWARDS: dict[str, RewardFn] = {
     "language": language_consistency_reward,
     "length": length_penalty,
     "code": code_reward,
+    "steps": step_reward,
 }
 _SANDBOXED = (code_reward,)  # run in threads by score_batch (they wait on a subprocess); or fn.sandboxed = True
 NO_APPLICABLE = "no_applicable_reward"
