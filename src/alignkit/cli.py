@@ -39,6 +39,7 @@ RECIPES = {
     "distill": ("alignkit.recipes.distill", "DistillConfig", "a teacher's verified samples (or logits) train a smaller student"),
     "rm": ("alignkit.recipes.reward_model", "RMConfig", "reward model (Bradley-Terry) on prompt/chosen/rejected pairs"),
     "dpo": ("alignkit.recipes.dpo", "DPOConfig", "direct preference optimization on prompt/chosen/rejected pairs"),
+    "kto": ("alignkit.recipes.kto", "KTOConfig", "KTO on unpaired feedback: prompt/completion/label (or split pairs)"),
     "ppo": ("alignkit.recipes.ppo", "PPOConfig", "PPO (RLHF): critic, GAE, per-token KL penalty, rule or reward-model reward"),
 }
 PIPELINES = {"r1": ("alignkit.pipelines.r1", "R1Config", "the DeepSeek-R1 multi-stage pipeline")}

@@ -26,10 +26,13 @@ from alignkit.data.schemas import (
     PreferenceRecord,
     PromptRecord,
     SFTRecord,
+    UnpairedRecord,
     parse_preference,
     parse_prompt,
     parse_record,
     parse_sft,
+    parse_unpaired,
+    unpaired_from_pairs,
 )
 
 __all__ = [
@@ -37,5 +40,5 @@ __all__ = [
     "evaluate_steps", "ideal_trace", "load_records", "make_problems", "make_split", "pad_batch",
     "parse_preference", "parse_prompt", "parse_record", "parse_sft", "question_space", "render_many",
     "render_preference", "render_prompt", "render_sft", "split_records", "to_prompt_records",
-    "to_sft_records", "write_jsonl",
+    "to_sft_records", "write_jsonl", "UnpairedRecord", "parse_unpaired", "unpaired_from_pairs",
 ]

@@ -52,7 +52,7 @@ def load_records(
     Args:
         path: a .jsonl / .json / .parquet / .csv file, a ``save_to_disk`` directory, or a Hugging Face Hub
             dataset name (``owner/name``: not an existing path).
-        kind: 'sft', 'preference' or 'prompt' (which schema every row must pass).
+        kind: 'sft', 'preference', 'prompt' or 'unpaired' (which schema every row must pass).
         limit: read only the first ``limit`` rows.
         split: the split of a ``DatasetDict`` (saved or on the Hub; required there); a single file has
             the one split "train".

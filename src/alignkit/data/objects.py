@@ -7,7 +7,7 @@ from alignkit.data.schemas import parse_record
 
 def as_records(dataset, kind: str, *, name: str = "train_dataset") -> list:
     """A ``datasets.Dataset``, a list of dicts (or of typed records) or any iterable of them -> validated
-    records of ``kind`` ('sft', 'preference', 'prompt'), exactly like rows of a file: a bad row is a
+    records of ``kind`` ('sft', 'preference', 'prompt', 'unpaired'), exactly like rows of a file: a bad row is a
     DataError naming ``<name>``, the row and the field."""
     if isinstance(dataset, (str, bytes)):
         raise TypeError(f"{name} takes rows (a datasets.Dataset or a list of dicts); for a file or a Hub name "

@@ -1,6 +1,6 @@
 """Typed dataset records and their validation.
 
-Three kinds of rows, validated when they are loaded (``alignkit.data.loading``); every error is a
+Four kinds of rows, validated when they are loaded (``alignkit.data.loading``); every error is a
 ``DataError`` naming the file, the 1-based row and the field::
 
     data/train.jsonl, row 7, field 'completion': must be a non-empty string (got '')
@@ -16,6 +16,9 @@ Three kinds of rows, validated when they are loaded (``alignkit.data.loading``);
   messages (``chosen`` / ``rejected`` as messages are the continuation after the prompt). Without a
   ``prompt`` field the prompt is implicit: the shared leading messages (or, for strings, the shared
   leading text, as TRL's ``extract_prompt`` splits it) of ``chosen`` and ``rejected``.
+- ``UnpairedRecord`` (KTO; TRL's unpaired preference type): ``prompt``, ``completion`` (each a non-empty
+  string or chat messages) and ``label``, a bool (True = desirable). :func:`unpaired_from_pairs` splits
+  preference records into two unpaired ones each (chosen True, rejected False).
 - ``PromptRecord`` (RL): ``prompt`` (string or messages); every other field (``answer``, ``tests``,
   ``level``, ...) is kept in ``extra`` and passed to reward functions as keyword arguments.
 
@@ -41,7 +44,7 @@ from typing import Any, Literal
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
-KINDS = ("sft", "preference", "prompt")
+KINDS = ("sft", "preference", "prompt", "unpaired")
 IN_MEMORY = "<records>"
 
 Message = dict[str, str]
@@ -111,7 +114,22 @@ class PromptRecord:
         return {"prompt": self.prompt, **self.extra}
 
 
-Record = SFTRecord | PreferenceRecord | PromptRecord
+@dataclass(frozen=True)
+class UnpairedRecord:
+    """A prompt with one response and whether it is desirable (``label``; KTO)."""
+
+    prompt: str | Chat
+    completion: str | Chat
+    label: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+    source: str = field(default=IN_MEMORY, compare=False)
+    row: int = field(default=0, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "completion": self.completion, "label": self.label, **self.extra}
+
+
+Record = SFTRecord | PreferenceRecord | PromptRecord | UnpairedRecord
 
 
 class _Row:
@@ -324,16 +342,48 @@ def parse_prompt(raw: Any, *, source: str = IN_MEMORY, row: int = 0) -> PromptRe
     return PromptRecord(prompt=prompt, extra=r.extra("prompt"), source=source, row=row)
 
 
-_PARSERS = {"sft": parse_sft, "preference": parse_preference, "prompt": parse_prompt}
-_TYPES = {"sft": SFTRecord, "preference": PreferenceRecord, "prompt": PromptRecord}
+def parse_unpaired(raw: Any, *, source: str = IN_MEMORY, row: int = 0) -> UnpairedRecord:
+    """Validate one unpaired preference row (prompt, completion, label) -> UnpairedRecord."""
+    r = _Row(raw, source, row)
+    if r.has("chosen") or r.has("rejected"):
+        raise r.error(None, "a paired preference row (chosen, rejected) where an unpaired one (prompt, completion, "
+                            "label) is expected; set data.from_pairs: true to split each pair into two rows")
+    prompt = r.text_or_chat("prompt", need_assistant=False)
+    completion = _response(r, "completion", prompt, r.text_or_chat("completion", need_assistant=True))
+    if not r.has("label"):
+        raise r.error("label", "missing (true = a desirable completion, false = an undesirable one)")
+    label = r.fields["label"]
+    if not isinstance(label, bool):
+        raise r.error("label", f"must be true or false (got {_show(label)})")
+    return UnpairedRecord(prompt=prompt, completion=completion, label=label,
+                          extra=r.extra("prompt", "completion", "label"), source=source, row=row)
+
+
+def unpaired_from_pairs(records) -> list[UnpairedRecord]:
+    """Preference records (or rows) -> two unpaired records each: (prompt, chosen, True), (prompt, rejected,
+    False), in order; ``extra`` and where the pair came from are kept.
+
+    >>> [(u.completion, u.label) for u in unpaired_from_pairs([{"prompt": "2+2", "chosen": "4", "rejected": "5"}])]
+    [('4', True), ('5', False)]
+    """
+    out = []
+    for i, raw in enumerate(records, start=1):
+        rec = parse_record("preference", raw, row=i)
+        for completion, label in ((rec.chosen, True), (rec.rejected, False)):
+            out.append(UnpairedRecord(rec.prompt, completion, label, dict(rec.extra), rec.source, rec.row))
+    return out
+
+
+_PARSERS = {"sft": parse_sft, "preference": parse_preference, "prompt": parse_prompt, "unpaired": parse_unpaired}
+_TYPES = {"sft": SFTRecord, "preference": PreferenceRecord, "prompt": PromptRecord, "unpaired": UnpairedRecord}
 
 
 def parse_record(kind: str, raw: Any, *, source: str = IN_MEMORY, row: int = 0) -> Record:
-    """Validate a row of ``kind`` ('sft', 'preference' or 'prompt'); a record of that kind passes through."""
+    """Validate a row of ``kind`` ('sft', 'preference', 'prompt' or 'unpaired'); a record of that kind passes through."""
     if kind not in _PARSERS:
         raise ValueError(f"unknown record kind {kind!r}; expected one of {list(KINDS)}")
     if isinstance(raw, _TYPES[kind]):
         return raw
-    if isinstance(raw, (SFTRecord, PreferenceRecord, PromptRecord)):
+    if isinstance(raw, (SFTRecord, PreferenceRecord, PromptRecord, UnpairedRecord)):
         raise TypeError(f"expected a {kind} record or a mapping, got {type(raw).__name__}")
     return _PARSERS[kind](raw, source=source, row=row)
