@@ -40,6 +40,8 @@ RECIPES = {
     "rm": ("alignkit.recipes.reward_model", "RMConfig", "reward model (Bradley-Terry) on prompt/chosen/rejected pairs"),
     "dpo": ("alignkit.recipes.dpo", "DPOConfig", "direct preference optimization on prompt/chosen/rejected pairs"),
     "kto": ("alignkit.recipes.kto", "KTOConfig", "KTO on unpaired feedback: prompt/completion/label (or split pairs)"),
+    "online-dpo": ("alignkit.recipes.online_dpo", "OnlineDPOConfig",
+                   "online DPO: best vs worst of G policy samples per prompt, scored by rewards or a reward model"),
     "ppo": ("alignkit.recipes.ppo", "PPOConfig", "PPO (RLHF): critic, GAE, per-token KL penalty, rule or reward-model reward"),
 }
 PIPELINES = {"r1": ("alignkit.pipelines.r1", "R1Config", "the DeepSeek-R1 multi-stage pipeline")}
