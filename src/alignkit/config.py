@@ -250,6 +250,8 @@ class RewardSection(Section):
     max_failed_share: float = Field(0.5, ge=0, le=1, description="stop the run when more than this share of the "
                                     "last failure_window samples failed to score (a reward raised, NaN, sandbox)")
     failure_window: int = Field(64, gt=0, description="samples over which max_failed_share is measured")
+    workers: int | None = Field(None, ge=1, description="threads scoring sandboxed rewards (code) in parallel; "
+                                "None = min(8, CPUs), at least 2 (1 = serial); results do not depend on it")
 
 
 class RLRewardSection(RewardSection):

@@ -43,7 +43,8 @@ class Scorer:
 
         scored = rewards.score_with_model(completions, examples, prompts, self.rewards, self.model,
                                           model_weight=self.cfg.model_weight, success_key=self.cfg.success_key,
-                                          completion_ids=completion_id_lists(completion_ids, response_mask))
+                                          completion_ids=completion_id_lists(completion_ids, response_mask),
+                                          workers=self.cfg.workers)
         self.monitor.update(scored)
         return scored
 
