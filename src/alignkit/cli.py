@@ -81,7 +81,8 @@ def stage_defaults(mod, cls) -> list[tuple[str, str, object, set[str]]]:
         return {s.name: s for s in mod.stages(cfg, root) if s.config is not None and s.name in cls.model_fields}
 
     cfg = cls()
-    probe = cls(**{k: f"<{k}>" for k, f in cls.model_fields.items() if isinstance(getattr(cfg, k), str)})
+    probe = cls(**{k: f"<{k}>" for k, f in cls.model_fields.items()
+                   if isinstance(getattr(cfg, k), str) and f.annotation is str})  # free strings, not choices
     commands = {m.rsplit(".", 1)[-1]: c for c, (m, _, _) in RECIPES.items()}
     out = []
     for name, stage in plan(cfg).items():

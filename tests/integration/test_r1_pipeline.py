@@ -91,3 +91,81 @@ def test_logit_distillation_lowers_the_kl_to_the_teacher(tmp_path):
     assert summary["teacher_data"]["kept"] > 0
     assert sum(kl[-5:]) / 5 < 0.85 * sum(kl[:5]) / 5
     AutoModelForCausalLM.from_pretrained(tmp_path / "logits" / "student" / "final")
+
+
+ONE_STEP = ["eval.n=10", "r1_zero.train.steps=1", "reasoning_rl.train.steps=1", "final_rl.train.steps=1",
+            "r1_zero.rollout.prompts_per_step=4", "r1_zero.rollout.group_size=2", "reasoning_rl.rollout.prompts_per_step=4",
+            "reasoning_rl.rollout.group_size=2", "final_rl.rollout.prompts_per_step=4", "final_rl.rollout.group_size=2",
+            "cold_start_sft.train.steps=1", "sft.train.steps=1", "distill.train.steps=1", "cold_start.n_ideal=40",
+            "cold_start.n_zero_prompts=4", "cold_start.n_few_shot=4", "cold_start.zero_sampling.num_samples=2",
+            "cold_start.few_shot_sampling.num_samples=2", "rejection_sampling.prompts.n_prompts=16",
+            "rejection_sampling.sampling.num_samples=2", "rejection_sampling.select.threshold=0.0",
+            "distill.prompts.n_prompts=16", "distill.sampling.num_samples=2"]
+FIRST_THREE = ["r1_zero", "cold_start_data", "cold_start_sft"]
+
+
+def _started(root, stage):
+    return json.loads((root / stage / "manifest.json").read_text())["started"]
+
+
+def test_changed_settings_rerun_the_stage_and_the_later_ones(tmp_path, capsys):
+    import time
+
+    def cfg(*extra):
+        return load_config(r1.R1Config, CONFIG, ONE_STEP + [f"output_dir={tmp_path}", *extra])
+
+    root = tmp_path / "r1-tiny"
+    r1.run(cfg(), only=FIRST_THREE)
+    first = {s: _started(root, s) for s in FIRST_THREE}
+    assert json.loads((root / "r1_zero" / "manifest.json").read_text())["config"]["reward"]["options"] == \
+        {"accuracy": {"strict": True}}  # R1-Zero reads the answer only from <answer>
+    time.sleep(1.1)
+    capsys.readouterr()
+    r1.run(cfg(), only=FIRST_THREE)  # nothing changed: all skipped
+    assert {s: _started(root, s) for s in FIRST_THREE} == first
+    assert capsys.readouterr().out.count("done earlier, skipped") == 3
+
+    r1.run(cfg("cold_start_sft.optim.lr=1e-3"), only=FIRST_THREE)  # the third stage's settings changed
+    out = capsys.readouterr().out
+    assert "settings changed: rerunning cold_start_sft (and later stages)" in out
+    assert _started(root, "r1_zero") == first["r1_zero"] and _started(root, "cold_start_data") == first["cold_start_data"]
+    assert _started(root, "cold_start_sft") != first["cold_start_sft"]
+
+    time.sleep(1.1)
+    r1.run(cfg("cold_start_sft.optim.lr=1e-3", "r1_zero.optim.lr=1e-5"), only=FIRST_THREE)  # the first stage changed
+    out = capsys.readouterr().out
+    assert "settings changed: rerunning r1_zero (and later stages)" in out
+    assert all(_started(root, s) != first[s] for s in FIRST_THREE)  # its consumers were redone too
+
+
+def test_empty_outputs_fail_in_their_stage(tmp_path):
+    cfg = load_config(r1.R1Config, CONFIG, ONE_STEP + [f"output_dir={tmp_path}", "rejection_sampling.select.threshold=2.0"])
+    with pytest.raises(r1.StageError, match=r"stage rejection_sampling kept no completion \(threshold 2.0.*"
+                                            r"lower rejection_sampling.select.threshold"):
+        r1.run(cfg, only=["r1_zero", "cold_start_data", "cold_start_sft", "reasoning_rl", "rejection_sampling"])
+    empty = load_config(r1.R1Config, CONFIG, ["cold_start.n_ideal=0", "cold_start.n_zero_prompts=0",
+                                              "cold_start.n_few_shot=0"])
+    (tmp_path / "cs").mkdir()
+    with pytest.raises(r1.StageError, match="stage cold_start_data produced no row"):
+        r1.cold_start_data(empty, "unused", tmp_path / "cs")
+
+
+def test_word_problem_pipeline_with_a_derived_student_and_general_chat(tmp_path):
+    cfg = load_config(r1.R1Config, CONFIG, ONE_STEP + [
+        f"output_dir={tmp_path}", "task=word_problems", 'prompt_template="Q: {question}"', "general_source=chat",
+        "student_model=derive:every_other_layer", "eval.general_n=3", "eval.max_new_tokens=8",
+        "cold_start_sft.data.max_length=256", "sft.data.max_length=256", "sft.data.on_overflow=drop",
+        "r1_zero.data.max_prompt_length=256", "reasoning_rl.data.max_prompt_length=256",
+        "final_rl.data.max_prompt_length=256", "rejection_sampling.prompts.max_prompt_length=256",
+        "distill.prompts.max_prompt_length=256", "rejection_sampling.select.verify_steps=false",
+        "distill.select.threshold=0.0", "cold_start.few_shot_exemplars=1", "distill.train.max_length=256"])
+    out = r1.run(cfg)
+    root = tmp_path / "r1-tiny"
+    rows = {r["stage"]: r for r in out["rows"]}
+    assert rows["distill"]["params_m"] < rows["final_rl"]["params_m"]  # every other layer of the teacher
+    assert {"steps", "general", "accuracy"} <= set(rows["sft"])
+    task = [json.loads(x) for x in (root / "task" / "train.jsonl").read_text().splitlines()]
+    assert task[0]["prompt"].startswith("Q: ") and task[0]["question"] in task[0]["prompt"]
+    mixed = [json.loads(x) for x in (root / "sft_data" / "mixed.jsonl").read_text().splitlines()]
+    assert any(r["source"] == "general" and "?" in r["prompt"] for r in mixed)
+    assert "Students vs the teacher" in (root / "report.md").read_text()

@@ -11,23 +11,43 @@
   7 final_rl            GRPO with the combined rewards -> the teacher
   8 distill             the teacher's verified samples train a smaller student
 
+  (distill_logits      optional: the same student trained on the teacher's logits, compared in the report)
+
 Each stage writes its artifacts and ``manifest.json`` (recipe, resolved config, input checkpoint, code
-version, wall time, held-out evaluation) under ``<output.dir>/<name>/<stage>/``. A stage whose manifest
-says it finished is skipped on a re-run; an interrupted one resumes from its newest checkpoint. After the
-run, ``report.md`` / ``report.json`` / ``report.png`` hold held-out accuracy, format compliance, language
-consistency, mean completion length and wall time after every stage.
+version, fingerprint, wall time, held-out evaluation) under ``<output.dir>/<name>/<stage>/``.
+
+Re-runs. A stage's *fingerprint* hashes its resolved config (run-directory paths written relative to the
+run, the contents of the data files it reads) and the fingerprints of the stages it consumes. On a re-run a
+finished stage with the same fingerprint is skipped; one whose fingerprint changed is cleared and redone
+("settings changed: rerunning <stage> (and later stages)"), and so is every stage that consumes a redone
+one. An interrupted stage with unchanged settings resumes from its newest checkpoint.
+
+Empty outputs fail in the stage that produced them, naming it and the settings to change (rejection sampling
+that kept nothing, cold-start data with no row); any error in a stage is re-raised as ``StageError`` naming
+the stage.
+
+Tasks: ``task: arithmetic`` (the tiny model's bare expressions) or ``word_problems`` (multi-step word
+problems, ``alignkit.data.word_problems``); ``prompt_template`` wraps every question the pipeline asks (the
+R1-Zero instruction for a real model). With either set away from the defaults, the pipeline writes the
+prompt files under ``<run>/task/`` and points the stages at them.
+
+After the run, ``report.md`` / ``report.json`` / ``report.png`` hold held-out accuracy, format compliance,
+language consistency, verified <think> steps, mean completion length, model size and wall time after every
+stage (and, with ``general_source: chat``, the share of held-out general prompts answered plainly).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -36,10 +56,26 @@ from alignkit.config import Section, build_config, to_yaml
 from alignkit.infra import seed_everything
 
 
+class StageError(RuntimeError):
+    """A stage failed or produced nothing; the message names the stage (and the settings to change)."""
+
+
 class EvalSection(Section):
     n: int = Field(200, gt=0, description="held-out problems evaluated after every stage")
     levels: list[int] = Field([1, 2, 3], description="arithmetic levels of the held-out set")
     max_new_tokens: int = Field(48, gt=0, description="longest answer at evaluation")
+    general_n: int = Field(10, ge=0, description="general_source=chat: held-out general prompts checked after every stage")
+    general_max_new_tokens: int = Field(48, gt=0, description="longest answer to a general prompt")
+
+
+class SamplingFields(Section):
+    """How the pipeline samples where no recipe config says it (the cold start's two sources)."""
+
+    num_samples: int = Field(8, gt=0, description="completions per prompt")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus filtering")
+    max_new_tokens: int = Field(48, gt=0, description="longest completion")
+    batch_prompts: int = Field(64, gt=0, description="prompts per generate call")
 
 
 class ColdStartSection(Section):
@@ -47,24 +83,43 @@ class ColdStartSection(Section):
     n_zero_prompts: int = Field(300, ge=0, description="prompts answered by the R1-Zero model; verified, readable ones kept")
     n_few_shot: int = Field(100, ge=0, description="prompts answered by the base model after ideal exemplars; verified ones kept")
     few_shot_exemplars: int = Field(3, ge=1, description="ideal exemplars put in each few-shot prompt")
+    few_shot_max_prompt_length: int = Field(512, gt=0, description="longest few-shot prompt in tokens (longer ones are dropped)")
+    zero_sampling: SamplingFields = Field(default_factory=SamplingFields, description="sampling of the R1-Zero model")
+    few_shot_sampling: SamplingFields = Field(default_factory=SamplingFields, description="sampling of the few-shot base model")
+    max_per_prompt: int = Field(1, gt=0, description="verified completions kept per prompt (each source)")
+    verify_steps: bool = Field(True, description="keep sampled rows only when every <think> step checks out, is "
+                               "grounded in the question and reaches the answer (alignkit.rewards.steps)")
 
 
 class R1Config(Section):
     name: str = Field("r1", description="run name: stages go to <output_dir>/<name>/<stage>/")
     output_dir: str = Field("runs", description="parent directory")
-    base_model: str = Field("bundled", description="the base model ('bundled' or a directory)")
-    student_model: str = Field("bundled-student", description="the distillation student ('bundled-student' or a directory)")
+    base_model: str = Field("bundled", description="the base model ('bundled' or a directory; ~ expands)")
+    student_model: str = Field("bundled-student", description="the distillation student: 'bundled-student', a "
+                               "directory, or derive:every_other_layer / derive:keep_every=<k> (every k-th layer "
+                               "of the teacher, initialized from its weights, same tokenizer)")
     seed: int = Field(0, description="seed of the data draws")
+    task: Literal["arithmetic", "word_problems"] = Field("arithmetic", description="arithmetic expressions (the tiny "
+                                                         "model's task) or multi-step arithmetic word problems")
+    prompt_template: str = Field("{question}", description="every question the pipeline asks, e.g. the R1-Zero "
+                                 "instruction around {question}")
+    task_train_prompts: int = Field(4000, gt=0, description="task files: training prompts of the GRPO stages")
     eval: EvalSection = Field(default_factory=EvalSection, description="evaluation after every stage")
     cold_start: ColdStartSection = Field(default_factory=ColdStartSection, description="cold-start data")
-    r1_zero: dict[str, Any] = Field({}, description="GRPO config of stage 1 (model.path is set by the pipeline)")
+    r1_zero: dict[str, Any] = Field({}, description="GRPO config of stage 1 (model.path is set by the pipeline; "
+                                    "accuracy reads the answer only from <answer> unless reward.options.accuracy.strict is set)")
     cold_start_sft: dict[str, Any] = Field({}, description="SFT config of stage 3")
     reasoning_rl: dict[str, Any] = Field({}, description="GRPO config of stage 4")
     rejection_sampling: dict[str, Any] = Field({}, description="rejection-sampling config of stage 5")
-    general_share: float = Field(0.2, ge=0, lt=1, description="stage 6: share of general (plain-answer) data in the mix")
+    general_share: float = Field(0.2, ge=0, lt=1, description="stage 6: share of general data in the mix")
+    general_source: Literal["arithmetic", "chat"] = Field("arithmetic", description="stage 6's general data: plain "
+                                                          "arithmetic answers, or the shipped conversational set "
+                                                          "(assets/general_chat.jsonl; the report checks it)")
     sft: dict[str, Any] = Field({}, description="SFT config of stage 6")
     final_rl: dict[str, Any] = Field({}, description="GRPO config of stage 7")
     distill: dict[str, Any] = Field({}, description="distillation config of stage 8")
+    distill_logits: dict[str, Any] | None = Field(None, description="optional stage 9: the same kind of student "
+                                                  "trained by logit distillation (mode=logits), for the report's comparison")
 
 
 @dataclass
@@ -76,6 +131,8 @@ class Stage:
     input: str | None
     run: Callable[[Path], tuple[str | None, dict]]
     config: Any = None
+    deps: list[str] = field(default_factory=list)  # stages whose outputs this one reads
+    settings: dict | None = None  # a data stage's settings (a recipe stage's are its config)
 
 
 def _with(data: dict, **dotted) -> dict:
@@ -100,60 +157,156 @@ def code_version() -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The task: problems, prompt files, ideal traces
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class TaskProblem:
+    """One problem as the pipeline asks it: ``question`` with the prompt template, ``raw`` without."""
+
+    question: str
+    answer: str
+    level: int
+    ideal: str
+    raw: str
+
+    @property
+    def fields(self) -> dict:
+        return {"answer": self.answer, "question": self.raw, "level": self.level}
+
+    def record(self) -> dict:
+        return {"prompt": self.question, **self.fields}
+
+
+def _wrap(cfg: R1Config, problem, ideal: str) -> TaskProblem:
+    return TaskProblem(cfg.prompt_template.format(question=problem.question), problem.answer_text, problem.level,
+                       ideal, problem.question)
+
+
+def train_problems(cfg: R1Config, n: int, offset: int = 0) -> list[TaskProblem]:
+    """Training problems ``offset .. offset + n`` of the task (never a held-out question)."""
+    if cfg.task == "word_problems":
+        from alignkit.data.word_problems import word_ideal_trace, word_problem_train_problems
+
+        return [_wrap(cfg, p, word_ideal_trace(p)) for p in word_problem_train_problems(offset + n)[offset:]]
+    from alignkit.data import ideal_trace
+    from alignkit.evaluation import arithmetic_train_problems
+
+    return [_wrap(cfg, p, ideal_trace(p)) for p in arithmetic_train_problems(offset + n, cfg.eval.levels)[offset:]]
+
+
+def eval_problems(cfg: R1Config) -> list[TaskProblem]:
+    """The seeded held-out problems every stage is evaluated on."""
+    if cfg.task == "word_problems":
+        from alignkit.data.word_problems import word_ideal_trace, word_problem_eval_set
+
+        return [_wrap(cfg, p, word_ideal_trace(p)) for p in word_problem_eval_set(cfg.eval.n)]
+    from alignkit.data import ideal_trace
+    from alignkit.evaluation import arithmetic_eval_set
+
+    return [_wrap(cfg, p, ideal_trace(p)) for p in arithmetic_eval_set(cfg.eval.levels, n=cfg.eval.n)]
+
+
+def uses_task_files(cfg: R1Config) -> bool:
+    """The recipes' built-in synthetic prompts are the bare arithmetic task; anything else goes through files."""
+    return cfg.task != "arithmetic" or cfg.prompt_template != "{question}"
+
+
+def _write_if_changed(rows: list[dict], path: Path) -> str:
+    """Write jsonl rows unless the file already holds exactly them (keeps fingerprints and mtimes stable)."""
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return str(path)
+
+
+def general_chat_rows() -> tuple[list[dict], list[dict]]:
+    """(train, held out) rows of the shipped general conversational set: every fifth row is held out."""
+    rows = [json.loads(x) for x in (Path(alignkit.__file__).parent / "assets" / "general_chat.jsonl").read_text().splitlines()]
+    return [r for i, r in enumerate(rows) if i % 5 != 4], [r for i, r in enumerate(rows) if i % 5 == 4]
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Stage bodies
 # ----------------------------------------------------------------------------------------------------------
-def cold_start_data(cfg: R1Config, zero_model: str, out: Path) -> dict:
-    """Cold-start SFT records from three sources, all in the same {"prompt", "completion"} format."""
-    from alignkit.data import ideal_trace, write_jsonl
-    from alignkit.evaluation import arithmetic_train_problems
+def _sample_verified(cfg: R1Config, model: str, rows: list[dict], sampling: SamplingFields, out: Path, name: str,
+                     max_prompt_length: int) -> list[dict]:
+    """Rejection sampling with the cold start's own settings: right answer (strict) in the R1 format, steps
+    verified when ``cold_start.verify_steps``."""
+    from alignkit.data import write_jsonl
     from alignkit.recipes import rejection_sampling as rs
 
+    prompts_file = out / f"{name}_prompts.jsonl"
+    write_jsonl(rows, prompts_file)
+    conf = build_config(rs.RejectionSamplingConfig, {
+        "model": {"path": model},
+        "prompts": {"train_file": str(prompts_file), "n_prompts": len(rows), "max_prompt_length": max_prompt_length},
+        "sampling": {**sampling.model_dump(), "seed": cfg.seed},
+        "reward": {"weights": {"accuracy": 0.5, "format": 0.5}, "options": {"accuracy": {"strict": True}}},
+        "select": {"threshold": 1.0, "max_per_prompt": cfg.cold_start.max_per_prompt,
+                   "verify_steps": cfg.cold_start.verify_steps},
+        "output": {"dir": str(out), "name": name, "overwrite": True}}, source=f"stage cold_start_data ({name})")
+    stats = rs.run(conf)
+    return [json.loads(x) for x in Path(stats["data"]).read_text().splitlines()]
+
+
+def cold_start_data(cfg: R1Config, zero_model: str, out: Path) -> dict:
+    """Cold-start SFT records from three sources, all in the same {"prompt", "completion"} format."""
+    from alignkit.data import write_jsonl
+
     cs = cfg.cold_start
-    problems = arithmetic_train_problems(cs.n_ideal + cs.n_few_shot + 5000, cfg.eval.levels)
-    records = [{"prompt": p.question, "completion": ideal_trace(p), "source": "ideal"} for p in problems[:cs.n_ideal]]
+    problems = train_problems(cfg, cs.n_ideal + cs.n_few_shot)
+    records = [{"prompt": p.question, "completion": p.ideal, "source": "ideal"} for p in problems[:cs.n_ideal]]
     counts = {"ideal": len(records)}
-    verify = {"reward": {"weights": {"accuracy": 0.5, "format": 0.5}}, "select": {"threshold": 1.0, "max_per_prompt": 1}}
-    if cs.n_zero_prompts:  # readable R1-Zero outputs: right answer, strict format
-        zcfg = build_config(rs.RejectionSamplingConfig, _with(verify, model__path=zero_model, prompts__n_prompts=cs.n_zero_prompts,
-                            prompts__offset=5000, prompts__levels=cfg.eval.levels, output__dir=str(out), output__name="r1_zero_samples",
-                            output__overwrite=True))  # an unfinished stage is redone
-        stats = rs.run(zcfg)
-        kept = [json.loads(x) for x in Path(stats["data"]).read_text().splitlines()]
+    if cs.n_zero_prompts:  # readable R1-Zero outputs: strict format, right answer, verified steps
+        zero = [p.record() for p in train_problems(cfg, cs.n_zero_prompts, offset=5000)]
+        kept = _sample_verified(cfg, zero_model, zero, cs.zero_sampling, out, "r1_zero_samples",
+                                max(512, cs.few_shot_max_prompt_length))
         records += [{"prompt": r["prompt"], "completion": r["completion"], "source": "r1_zero"} for r in kept]
         counts["r1_zero"] = len(kept)
     if cs.n_few_shot:  # few-shot prompting of the base model with ideal exemplars
         rng = random.Random(cfg.seed)
         shots = problems[:cs.n_ideal] or problems
-        prompts_file = out / "few_shot_prompts.jsonl"
         rows = []
         for p in problems[cs.n_ideal:cs.n_ideal + cs.n_few_shot]:
-            ex = rng.sample(shots, cs.few_shot_exemplars)
             chat = []
-            for e in ex:
-                chat += [{"role": "user", "content": e.question}, {"role": "assistant", "content": ideal_trace(e)}]
-            rows.append({"prompt": chat + [{"role": "user", "content": p.question}], "answer": p.answer_text,
-                         "question": p.question})
-        write_jsonl(rows, prompts_file)
-        fcfg = build_config(rs.RejectionSamplingConfig, _with(verify, model__path=cfg.base_model, prompts__train_file=str(prompts_file),
-                            prompts__n_prompts=len(rows), prompts__max_prompt_length=512, output__dir=str(out),
-                            output__name="few_shot_samples", output__overwrite=True))
-        stats = rs.run(fcfg)
-        kept = [json.loads(x) for x in Path(stats["data"]).read_text().splitlines()]
-        records += [{"prompt": r["question"], "completion": r["completion"], "source": "few_shot"} for r in kept]
+            for e in rng.sample(shots, min(cs.few_shot_exemplars, len(shots))):
+                chat += [{"role": "user", "content": e.question}, {"role": "assistant", "content": e.ideal}]
+            rows.append({**p.record(), "prompt": chat + [{"role": "user", "content": p.question}], "asked": p.question})
+        kept = _sample_verified(cfg, cfg.base_model, rows, cs.few_shot_sampling, out, "few_shot_samples",
+                                cs.few_shot_max_prompt_length)
+        records += [{"prompt": r["asked"], "completion": r["completion"], "source": "few_shot"} for r in kept]
         counts["few_shot"] = len(kept)
+    if not records:
+        raise StageError("stage cold_start_data produced no row: raise cold_start.n_ideal, or let the sampled sources "
+                         "keep more (cold_start.zero_sampling / few_shot_sampling: num_samples, max_new_tokens; "
+                         "cold_start.verify_steps=false)")
+    for source, asked in (("r1_zero", cs.n_zero_prompts), ("few_shot", cs.n_few_shot)):
+        if asked and not counts.get(source):
+            print(f"[r1] cold_start_data: the {source} source kept no row of {asked} prompts (format, answer and "
+                  f"steps verified); raise cold_start.{'zero' if source == 'r1_zero' else 'few_shot'}_sampling."
+                  "num_samples or max_new_tokens to keep some")
     write_jsonl(records, out / "data.jsonl")
     return {"data": str(out / "data.jsonl"), "counts": counts}
 
 
 def mixed_sft_data(cfg: R1Config, curated_file: str, out: Path) -> dict:
-    """Curated reasoning data mixed with general (plain-answer) data, ``general_share`` of the total."""
+    """Curated reasoning data mixed with general data, ``general_share`` of the total: plain arithmetic answers
+    (``general_source: arithmetic``) or the shipped conversational set, repeated as needed (``chat``)."""
     from alignkit.data import write_jsonl
-    from alignkit.evaluation import arithmetic_train_problems
 
-    curated = [json.loads(x) for x in Path(curated_file).read_text().splitlines()]
+    curated = [json.loads(x) for x in Path(curated_file).read_text().splitlines()] if Path(curated_file).exists() else []
+    if not curated:
+        raise StageError(f"stage sft_data: the rejection-sampling data {curated_file} has no row; lower "
+                         "rejection_sampling.select.threshold or raise rejection_sampling.sampling.num_samples")
     n_general = round(len(curated) * cfg.general_share / (1 - cfg.general_share))
-    general = [{"prompt": p.question, "completion": f"{p.question}={p.answer}", "source": "general"}
-               for p in arithmetic_train_problems(20000 + n_general, cfg.eval.levels)[20000:]]
+    if cfg.general_source == "chat":
+        chat, _ = general_chat_rows()
+        general = [{"prompt": chat[i % len(chat)]["prompt"], "completion": chat[i % len(chat)]["completion"],
+                    "source": "general"} for i in range(n_general)]
+    else:
+        general = [{"prompt": p.question, "completion": f"{p.raw}={p.answer}", "source": "general"}
+                   for p in train_problems(cfg, n_general, offset=20000)]
     rows = [{"prompt": r["prompt"], "completion": r["completion"], "source": "curated"} for r in curated] + general
     random.Random(cfg.seed).shuffle(rows)
     write_jsonl(rows, out / "mixed.jsonl")
@@ -163,45 +316,131 @@ def mixed_sft_data(cfg: R1Config, curated_file: str, out: Path) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 # The pipeline
 # ----------------------------------------------------------------------------------------------------------
+def _has(data: dict, dotted: str) -> bool:
+    node = data
+    for key in dotted.split("__"):
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def _defaults(data: dict, **dotted) -> dict:
+    """``data`` with dotted keys set where the user did not set them."""
+    return _with(data, **{k: v for k, v in dotted.items() if not _has(data, k)})
+
+
+def task_wiring(cfg: R1Config, root: Path, *, write: bool = False) -> dict[str, dict]:
+    """With task files: per-stage config defaults pointing at them under ``<run>/task/`` (``write``: also write
+    them; ``run`` does, before any stage is fingerprinted; planning alone writes nothing)."""
+    if not uses_task_files(cfg):
+        return {}
+    from alignkit.recipes import distill, rejection_sampling
+
+    task = root / "task"
+
+    def _file(rows: Callable[[], list[dict]], path: Path) -> str:  # rows are built only when written
+        return _write_if_changed(rows(), path) if write else str(path)
+
+    grpo = {"data__train_file": _file(lambda: [p.record() for p in train_problems(cfg, cfg.task_train_prompts)],
+                                                  task / "train.jsonl"),
+            "data__eval_file": _file(lambda: [p.record() for p in eval_problems(cfg)], task / "eval.jsonl")}
+    wiring = {name: grpo for name in ("r1_zero", "reasoning_rl", "final_rl")}
+    for name, cls, base in (("rejection_sampling", rejection_sampling.RejectionSamplingConfig, 10000),
+                            ("distill", distill.DistillConfig, 20000), ("distill_logits", distill.DistillConfig, 20000)):
+        data = getattr(cfg, name)
+        if data is None:
+            continue
+        prompts = build_config(cls, data, source=f"stage {name}").prompts
+        if prompts.train_file is not None:
+            continue
+        start = prompts.offset or base
+        rows = lambda n=prompts.n_prompts, start=start: [p.record() for p in train_problems(cfg, n, offset=start)]  # noqa: E731
+        # the file starts at the stage's offset already: the offset is reset, whatever the stage's config says
+        wiring[name] = {"prompts__train_file": _file(rows, task / f"{name}.jsonl"), "prompts__offset!": 0}
+    return wiring
+
+
 def stages(cfg: R1Config, root: Path) -> list[Stage]:
     """The ordered stages with explicit checkpoint handoff: each names its input and writes final/."""
     from alignkit.recipes import distill, grpo, rejection_sampling, sft
 
+    wiring = task_wiring(cfg, root)
+
     def final(name):
         return str(root / name / "final")
 
-    def recipe_stage(name, module, cls, data, input_model, model_key="model__path", produced="final"):
+    def recipe_stage(name, module, cls, data, input_model, deps, model_key="model__path", produced="final",
+                     before=None, strict_accuracy=False):
+        wired = wiring.get(name, {})
+        data = _defaults(data, **{k: v for k, v in wired.items() if not k.endswith("!")})
+        data = _with(data, **{k[:-1]: v for k, v in wired.items() if k.endswith("!")})
         conf = build_config(cls, _with(data, **{model_key: input_model}, output__dir=str(root / name),
                                        output__name="run"), source=f"stage {name}")
+        if strict_accuracy and "accuracy" in conf.reward.weights and "strict" not in conf.reward.options.get("accuracy", {}):
+            data = _with(data, reward__options__accuracy__strict=True)  # R1-Zero: the answer only from <answer>
+            conf = build_config(cls, _with(data, **{model_key: input_model}, output__dir=str(root / name),
+                                           output__name="run"), source=f"stage {name}")
 
         def body(stage_dir: Path):
+            if before is not None:
+                before(stage_dir)
             result = module.run(_resumable(conf))
             model_dir = stage_dir / "run" / produced
             if (model_dir / "config.json").exists():
                 _link(model_dir, stage_dir / "final")
             return (str(stage_dir / "final") if (stage_dir / "final").exists() else None), _small(result)
-        return Stage(name, module.__name__.rsplit(".", 1)[-1], input_model, body, conf)
+        return Stage(name, module.__name__.rsplit(".", 1)[-1], input_model, body, conf, deps)
 
-    def data_stage(name, fn, input_path):
-        return Stage(name, "data", input_path, lambda d: (None, fn(d)))
+    def data_stage(name, fn, input_path, deps, settings):
+        return Stage(name, "data", input_path, lambda d: (None, fn(d)), None, deps, settings)
+
+    def student(stage: str) -> tuple[dict, Callable | None]:
+        """The student of a distillation stage: a path, or derived from the teacher when the stage starts."""
+        from alignkit.models.derive import derive_student, resolve_student_spec
+
+        keep = resolve_student_spec(cfg.student_model)
+        if keep is None:
+            return {"student__path": str(Path(cfg.student_model).expanduser()) if "/" in cfg.student_model
+                    else cfg.student_model}, None
+        init = root / stage / "student_init"
+        return {"student__path": str(init)}, lambda d: derive_student(final("final_rl"), init, keep_every=keep)
 
     rs_dir = root / "rejection_sampling" / "run"
-    return [
-        recipe_stage("r1_zero", grpo, grpo.GRPOConfig, cfg.r1_zero, cfg.base_model),
-        data_stage("cold_start_data", lambda d: cold_start_data(cfg, final("r1_zero"), d), final("r1_zero")),
+    base = _expand(cfg.base_model)
+    cold_settings = {"cold_start": cfg.cold_start.model_dump(), "seed": cfg.seed, "task": cfg.task,
+                     "template": cfg.prompt_template, "levels": cfg.eval.levels, "base_model": base}
+    plan = [
+        recipe_stage("r1_zero", grpo, grpo.GRPOConfig, cfg.r1_zero, base, [], strict_accuracy=True),
+        data_stage("cold_start_data", lambda d: cold_start_data(cfg, final("r1_zero"), d), final("r1_zero"),
+                   ["r1_zero"], cold_settings),
         recipe_stage("cold_start_sft", sft, sft.SFTConfig,
-                     _with(cfg.cold_start_sft, data__train_file=str(root / "cold_start_data" / "data.jsonl")), cfg.base_model),
-        recipe_stage("reasoning_rl", grpo, grpo.GRPOConfig, cfg.reasoning_rl, final("cold_start_sft")),
+                     _with(cfg.cold_start_sft, data__train_file=str(root / "cold_start_data" / "data.jsonl")), base,
+                     ["cold_start_data"]),
+        recipe_stage("reasoning_rl", grpo, grpo.GRPOConfig, cfg.reasoning_rl, final("cold_start_sft"), ["cold_start_sft"]),
         recipe_stage("rejection_sampling", rejection_sampling, rejection_sampling.RejectionSamplingConfig,
-                     cfg.rejection_sampling, final("reasoning_rl")),
-        data_stage("sft_data", lambda d: mixed_sft_data(cfg, str(rs_dir / "data.jsonl"), d), str(rs_dir / "data.jsonl")),
+                     cfg.rejection_sampling, final("reasoning_rl"), ["reasoning_rl"]),
+        data_stage("sft_data", lambda d: mixed_sft_data(cfg, str(rs_dir / "data.jsonl"), d), str(rs_dir / "data.jsonl"),
+                   ["rejection_sampling"], {"general_share": cfg.general_share, "general_source": cfg.general_source,
+                                            "seed": cfg.seed, "task": cfg.task, "template": cfg.prompt_template}),
         recipe_stage("sft", sft, sft.SFTConfig,
-                     _with(cfg.sft, data__train_file=str(root / "sft_data" / "mixed.jsonl")), cfg.base_model),
-        recipe_stage("final_rl", grpo, grpo.GRPOConfig, cfg.final_rl, final("sft")),
-        recipe_stage("distill", distill, distill.DistillConfig,
-                     _with(cfg.distill, student__path=cfg.student_model), final("final_rl"), model_key="teacher__path",
-                     produced="student/final"),
+                     _with(cfg.sft, data__train_file=str(root / "sft_data" / "mixed.jsonl")), base, ["sft_data"]),
+        recipe_stage("final_rl", grpo, grpo.GRPOConfig, cfg.final_rl, final("sft"), ["sft"]),
     ]
+    for name in ("distill", "distill_logits"):
+        data = getattr(cfg, name)
+        if data is None:
+            continue
+        if name == "distill_logits":
+            data = _defaults(data, mode="logits")
+        path, before = student(name)
+        plan.append(recipe_stage(name, distill, distill.DistillConfig, _with(data, **path), final("final_rl"),
+                                 ["final_rl"], model_key="teacher__path", produced="student/final", before=before))
+    return plan
+
+
+def _expand(path: str) -> str:
+    return str(Path(path).expanduser()) if path.startswith("~") else path
 
 
 def _resumable(conf):
@@ -225,15 +464,80 @@ def _small(result: dict) -> dict:
     return json.loads(json.dumps(result, default=str))
 
 
-def evaluate_dir(model_dir: str | None, cfg: EvalSection) -> dict:
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def fingerprint(stage: Stage, root: Path, upstream: dict[str, str]) -> str:
+    """Hash of the stage's resolved settings (run paths relative to the run; the contents of the files it reads
+    stand in for their names) and of the fingerprints of the stages it consumes."""
+    settings = stage.config.model_dump(mode="json") if stage.config is not None else stage.settings
+    files: dict[str, str] = {}
+
+    def walk(value):
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, str) and str(root) in value:
+            rel = value.replace(str(root), "<run>")
+            p = Path(value)
+            if p.is_file():
+                files[rel] = _file_digest(p)
+            return rel
+        return value
+
+    payload = {"stage": stage.name, "recipe": stage.recipe, "settings": walk(settings), "files": files,
+               "inputs": {d: upstream.get(d) for d in stage.deps}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _VerifiedSteps:
+    """Evaluation column: the share of completions whose <think> steps all check out, grounded, reaching the answer."""
+
+    def __call__(self, completion: str, *, answer=None, question=None, **_):
+        from alignkit.rewards.steps import check_steps
+
+        return 1.0 if check_steps(completion, question=question, answer=answer).ok else 0.0
+
+
+def evaluate_dir(model_dir: str | None, cfg: R1Config, *, general: bool | None = None) -> dict:
+    """Held-out metrics of a model directory: accuracy, format, language, verified steps, length, parameters
+    and (``general_source: chat``) the share of held-out general prompts answered plainly."""
     if model_dir is None:
         return {}
-    from alignkit.evaluation import arithmetic_eval_set, evaluate_model
+    from alignkit.evaluation import evaluate_model
     from alignkit.models import load_causal_lm, load_tokenizer, resolve_model_path
 
-    path = resolve_model_path(model_dir)
-    return evaluate_model(load_causal_lm(path), load_tokenizer(path), arithmetic_eval_set(cfg.levels, n=cfg.n),
-                          max_new_tokens=cfg.max_new_tokens)
+    path = resolve_model_path(_expand(model_dir))
+    model, tokenizer = load_causal_lm(path), load_tokenizer(path)
+    out = evaluate_model(model, tokenizer, eval_problems(cfg), max_new_tokens=cfg.eval.max_new_tokens,
+                         rewards={"steps": (_VerifiedSteps(), 0.0)})
+    out["steps"] = out.pop("reward/steps", 0.0)
+    for key in [k for k in out if k.startswith("reward/")]:
+        out.pop(key)
+    out["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+    if (cfg.general_source == "chat" if general is None else general) and cfg.eval.general_n:
+        out["general"] = general_answer_share(model, tokenizer, general_chat_rows()[1][:cfg.eval.general_n],
+                                              cfg.eval.general_max_new_tokens)
+    return out
+
+
+def general_answer_share(model, tokenizer, rows: list[dict], max_new_tokens: int) -> float:
+    """Share of general prompts answered greedily with some words and without the R1 reasoning format."""
+    import re
+
+    from alignkit.data import render_prompt
+    from alignkit.rollout import generate
+
+    out = generate(model, tokenizer, [render_prompt(tokenizer, r["prompt"]) for r in rows], num_samples=1,
+                   max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
+    ok = [bool(re.search(r"[A-Za-z]{2,}", c)) and "<think>" not in c and "<answer>" not in c for c in out.completions]
+    return sum(ok) / max(len(ok), 1)
 
 
 def run(cfg: R1Config, *, only: list[str] | None = None) -> dict:
@@ -241,30 +545,55 @@ def run(cfg: R1Config, *, only: list[str] | None = None) -> dict:
     from alignkit.pipelines.report import write_report
 
     seed_everything(cfg.seed)
-    root = Path(cfg.output_dir) / cfg.name
+    root = Path(cfg.output_dir).expanduser() / cfg.name
     root.mkdir(parents=True, exist_ok=True)
     (root / "pipeline.yaml").write_text(to_yaml(cfg))
     plan = stages(cfg, root)  # validates every stage's config before anything runs
+    task_wiring(cfg, root, write=True)  # the prompt files the stages read (task / prompt_template)
     base_eval = root / "base_eval.json"
-    if not base_eval.exists():
-        base_eval.write_text(json.dumps({"stage": "base", **evaluate_dir(cfg.base_model, cfg.eval), "wall_s": 0.0}))
-    rows = [json.loads(base_eval.read_text())]
+    base_key = hashlib.sha256(json.dumps({"base": cfg.base_model, "eval": cfg.eval.model_dump(), "task": cfg.task,
+                                          "template": cfg.prompt_template, "general": cfg.general_source},
+                                         sort_keys=True).encode()).hexdigest()[:16]
+    if not base_eval.exists() or json.loads(base_eval.read_text()).get("fingerprint") != base_key:
+        base_eval.write_text(json.dumps({"stage": "base", **evaluate_dir(cfg.base_model, cfg), "wall_s": 0.0,
+                                         "fingerprint": base_key}))
+    rows = [{k: v for k, v in json.loads(base_eval.read_text()).items() if k != "fingerprint"}]
+    prints: dict[str, str] = {}
+    redone: set[str] = set()
     for stage in plan:
         stage_dir = root / stage.name
         manifest_path = stage_dir / "manifest.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-        if manifest.get("finished"):
+        key = prints[stage.name] = fingerprint(stage, root, prints)
+        changed_inputs = [d for d in stage.deps if d in redone]
+        same = manifest.get("fingerprint") == key
+        if manifest.get("finished") and same and not changed_inputs:
             print(f"[r1] {stage.name}: done earlier, skipped")
         else:
+            if manifest and not same:
+                print(f"[r1] settings changed: rerunning {stage.name} (and later stages)")
+            elif manifest.get("finished"):
+                print(f"[r1] {', '.join(changed_inputs)} was redone: rerunning {stage.name} (and later stages)")
+            if stage_dir.exists() and (manifest.get("finished") or not same):
+                shutil.rmtree(stage_dir)  # outputs and checkpoints of other settings: never resumed from
+            redone.add(stage.name)
             print(f"[r1] {stage.name} ({stage.recipe}) <- {stage.input}")
             stage_dir.mkdir(parents=True, exist_ok=True)
             manifest = {"stage": stage.name, "recipe": stage.recipe, "input": stage.input, "code": code_version(),
-                        "config": json.loads(stage.config.model_dump_json()) if stage.config is not None else None,
+                        "fingerprint": key, "inputs": {d: prints.get(d) for d in stage.deps},
+                        "config": stage.config.model_dump(mode="json") if stage.config is not None else None,
+                        "settings": stage.settings,
                         "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
             manifest_path.write_text(json.dumps(manifest, indent=1))
             t0 = time.perf_counter()
-            model_dir, result = stage.run(stage_dir)
-            evaluated = evaluate_dir(model_dir, cfg.eval)
+            try:
+                model_dir, result = stage.run(stage_dir)
+            except StageError:
+                raise
+            except Exception as e:  # noqa: BLE001 -- re-raised with the stage's name
+                raise StageError(f"stage {stage.name} failed: {type(e).__name__}: {e}") from e
+            _check_output(stage.name, result)
+            evaluated = evaluate_dir(model_dir, cfg)
             manifest.update(result=result, model=model_dir, eval=evaluated, wall_s=time.perf_counter() - t0,
                             finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
             manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
@@ -274,3 +603,15 @@ def run(cfg: R1Config, *, only: list[str] | None = None) -> dict:
             break
     write_report(rows, root)
     return {"rows": rows, "root": str(root)}
+
+
+def _check_output(name: str, result: dict) -> None:
+    """An empty stage output fails in that stage, naming the settings that make it non-empty."""
+    if name == "rejection_sampling" and not result.get("kept"):
+        raise StageError(f"stage rejection_sampling kept no completion (threshold {result.get('threshold')}, "
+                         f"{result.get('samples')} samples of {result.get('prompts')} prompts, pass rate "
+                         f"{result.get('pass_rate', 0):.1%}): lower rejection_sampling.select.threshold or raise "
+                         "rejection_sampling.sampling.num_samples (or sampling.max_new_tokens)")
+    if name.startswith("distill") and isinstance(result.get("teacher_data"), dict) and not result["teacher_data"].get("kept"):
+        raise StageError(f"stage {name}: the teacher kept no verified sample; raise {name}.sampling.num_samples or "
+                         f"lower {name}.select.threshold")

@@ -49,6 +49,8 @@ class SelectSection(Section):
     threshold: float = Field(1.0, description="keep completions whose total reward is >= this")
     dedupe: bool = Field(True, description="drop whitespace-normalized duplicates of a prompt's completions")
     max_per_prompt: int | None = Field(None, gt=0, description="keep at most this many per prompt (best first)")
+    verify_steps: bool = Field(False, description="also require the <think> steps to check out, grounded in the "
+                               "question and reaching the answer (alignkit.rewards.steps.check_steps)")
 
 
 class OutputSection(Section):
@@ -105,7 +107,7 @@ def run(cfg: RejectionSamplingConfig) -> dict:
         else:
             prompts.append((ids, rec))
     n = cfg.sampling.num_samples
-    kept_rows, per_prompt, lengths, failed, samples, passed = [], [], [], 0, 0, 0
+    kept_rows, per_prompt, lengths, failed, samples, passed, step_rejected = [], [], [], 0, 0, 0, 0
     t0 = time.perf_counter()
     monitor = RewardFailureMonitor(cfg.reward.max_failed_share, cfg.reward.failure_window)
     for start in progress(range(0, len(prompts), cfg.sampling.batch_prompts), desc="rejection-sample", unit="batch"):
@@ -115,6 +117,7 @@ def run(cfg: RejectionSamplingConfig) -> dict:
                        top_p=cfg.sampling.top_p, seed=cfg.sampling.seed + start, backend=cfg.sampling.backend)
         fields = [{k: v for k, v in rec.items() if k != "prompt"} for _, rec in chunk for _ in range(n)]
         scored = score_batch(out.completions, fields, rewards, success_key=cfg.reward.success_key,
+                             workers=cfg.reward.workers,
                              prompts=[rec["prompt"] for _, rec in chunk for _ in range(n)],
                              completion_ids=completion_id_lists(out.completion_ids, out.response_mask))
         monitor.update(scored)
@@ -124,7 +127,14 @@ def run(cfg: RejectionSamplingConfig) -> dict:
         tokens = out.response_mask.sum(-1).tolist()
         for i, (_, rec) in enumerate(chunk):
             group = range(i * n, (i + 1) * n)
-            keep = select_verified([out.completions[j] for j in group], [scored[j].total for j in group],
+            totals = [scored[j].total for j in group]
+            if cfg.select.verify_steps:  # a right answer after wrong, missing or unrelated steps is not kept
+                from alignkit.rewards.steps import check_steps
+                ok = [check_steps(out.completions[j], question=rec.get("question", rec["prompt"]),
+                                  answer=rec.get("answer")).ok for j in group]
+                step_rejected += sum(t is not None and t >= cfg.select.threshold and not o for t, o in zip(totals, ok))
+                totals = [t if o else None for t, o in zip(totals, ok)]
+            keep = select_verified([out.completions[j] for j in group], totals,
                                    threshold=cfg.select.threshold, dedupe=cfg.select.dedupe,
                                    max_keep=cfg.select.max_per_prompt)
             per_prompt.append(len(keep))
@@ -141,7 +151,7 @@ def run(cfg: RejectionSamplingConfig) -> dict:
         "kept_per_prompt_mean": sum(per_prompt) / max(len(per_prompt), 1),
         "kept_per_prompt_histogram": dict(sorted(Counter(per_prompt).items())),
         "kept_length_mean_tokens": sum(lengths) / max(len(lengths), 1), "failed_verifications": failed,
-        "threshold": cfg.select.threshold, "wall_s": time.perf_counter() - t0,
+        "threshold": cfg.select.threshold, "step_rejected": step_rejected, "wall_s": time.perf_counter() - t0,
         "data": str(out_dir / "data.jsonl"), "reward_failures": monitor.counters(),
     }
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
