@@ -6,11 +6,16 @@ mode "sft" (the lecture's definition, DeepSeek-R1's distilled models): the teach
 prompt, the verified ones are kept (rejection sampling) and the student is fine-tuned on them.
 mode "logits": the student matches the teacher's full next-token distribution on the same verified
 sequences, minimizing the forward KL(teacher || student) per response token (same tokenizer required).
+mode "on_policy" (GKD, Agarwal et al. 2024): the student samples its own completions and matches the
+teacher's distribution on them with the generalized JSD (``on_policy.beta``: 0 forward KL, 1 reverse KL);
+``on_policy.lmbda`` < 1 trains that share of steps on the teacher's verified sequences instead (same
+tokenizer required; the loop is ``alignkit.recipes.distill_on_policy``).
 
 This recipe composes two others: ``rejection_sampling`` (the teacher's verified data) and, in "sft" mode,
 ``sft`` (the student's training), because that is what distillation is here; docs/architecture.md notes it.
 Outputs go to <output.dir>/<output.name>/: ``teacher_data/`` (data.jsonl, stats.json), ``student/`` (the SFT
-run, or the logit-distillation run with metrics.jsonl and final/), ``summary.json``. Both student runs are
+run, or the logit / on-policy distillation run with metrics.jsonl and final/), ``summary.json``; on_policy
+with lmbda = 1 samples no teacher data. All student runs are
 built on the shared lifecycle (``alignkit.infra.run``): resume, SIGTERM, non-finite guard, time limit.
 """
 
@@ -46,6 +51,18 @@ class StudentTrainSection(Section):
     precision: Literal["no", "bf16", "fp16"] = Field("no", description="logits mode: mixed precision on GPUs")
 
 
+class OnPolicySection(Section):
+    beta: float = Field(0.5, ge=0, le=1, description="GKD generalized JSD: 0 = forward KL(teacher||student), "
+                        "1 = reverse KL(student||teacher), 0.5 = symmetric JSD")
+    lmbda: float = Field(1.0, ge=0, le=1, description="share of steps on the student's own samples (a seeded "
+                         "coin per step); the rest on the teacher's verified sequences (1 = fully on-policy, "
+                         "no teacher data is sampled)")
+    prompts_per_step: int = Field(16, gt=0, description="prompts per step (one student sample each; all processes "
+                                  "together); also the batch of a teacher-data step")
+    max_new_tokens: int = Field(48, gt=0, description="longest student completion")
+    temperature: float = Field(1.0, gt=0, description="student sampling temperature (the loss uses train.temperature)")
+
+
 class OutputSection(Section):
     dir: str = Field("runs", description="parent directory")
     name: str = Field("distill", description="outputs go to <dir>/<name>/")
@@ -66,7 +83,9 @@ class LogitsRunConfig(Section):
 
 
 class DistillConfig(Section):
-    mode: Literal["sft", "logits"] = Field("sft", description="SFT on verified teacher samples, or forward-KL to its logits")
+    mode: Literal["sft", "logits", "on_policy"] = Field(
+        "sft", description="SFT on verified teacher samples, forward-KL to its logits on them, or on_policy: "
+        "the generalized JSD to the teacher on the student's own samples (GKD)")
     teacher: ModelSection = Field(default_factory=ModelSection, description="the teacher (a trained model directory)")
     student: ModelSection = Field(default_factory=lambda: ModelSection(path="bundled-student"),
                                   description="the student: the shipped small base model, or a model directory")
@@ -80,6 +99,7 @@ class DistillConfig(Section):
         default_factory=lambda: rejection_sampling.SelectSection(max_per_prompt=1), description="what is kept")
     optim: OptimSection = Field(default_factory=lambda: OptimSection(lr=2e-3), description="student optimizer")
     train: StudentTrainSection = Field(default_factory=StudentTrainSection, description="student training")
+    on_policy: OnPolicySection = Field(default_factory=OnPolicySection, description="mode on_policy: GKD")
     output: OutputSection = Field(default_factory=OutputSection, description="where results go")
 
 
@@ -171,9 +191,14 @@ def run(cfg: DistillConfig) -> dict:
 
     out_dir = Path(cfg.output.dir) / cfg.output.name
     prepare_run_dir(out_dir, resume=cfg.output.resume, overwrite=cfg.output.overwrite)
-    stats = teacher_data(cfg, out_dir)
-    trainer = train_student_sft if cfg.mode == "sft" else train_student_logits
-    trained = trainer(cfg, stats["data"], out_dir)
+    if cfg.mode == "on_policy":
+        from alignkit.recipes.distill_on_policy import train_student_on_policy
+
+        stats = teacher_data(cfg, out_dir) if cfg.on_policy.lmbda < 1 else None
+        trained = train_student_on_policy(cfg, stats and stats["data"], out_dir)
+    else:
+        stats = teacher_data(cfg, out_dir)
+        trained = (train_student_sft if cfg.mode == "sft" else train_student_logits)(cfg, stats["data"], out_dir)
     held_out = arithmetic_eval_set(cfg.prompts.levels) if cfg.prompts.train_file is None else []
     summary = {"mode": cfg.mode, "teacher_data": stats, "student_run": trained.get("run_dir"),
                "interrupted": bool(trained.get("interrupted"))}
