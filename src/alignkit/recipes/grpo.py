@@ -317,6 +317,9 @@ def run(cfg: GRPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval
                        "curriculum/level": curriculum.level if cfg.curriculum.enabled else None,
                        "samples/failed": sum(not s.ok for s in all_scored), "skipped": int(not applied), "success_rate": success_rate}
             metrics = {k: v for k, v in metrics.items() if v is not None}
+            components, totals = scorer.columns(scored)  # the trained batch's samples -> completions.jsonl, text checks
+            life.log_samples(step + 1, [p[1] for p, g in zip(prompts, sizes) for _ in range(g)], batch.completions,
+                             components, advantages.tolist(), total=totals)
             if kl_ctl is not None and "kl" in metrics:
                 kl_ctl.update(metrics["kl"])
             if life.end_step(metrics, stop, postfix={"reward": "reward/total", "success": "success_rate",
