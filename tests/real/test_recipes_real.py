@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.real.conftest import assert_answers_through_its_template, chat_prompts_file
 
 from alignkit.config import build_config
-from tests.real.conftest import assert_answers_through_its_template, chat_prompts_file
 
 pytestmark = pytest.mark.real
 

@@ -11,13 +11,13 @@ import torch
 
 from alignkit.config import ConfigError, LoraSection, ModelSection, load_config
 from alignkit.data import DataError, RenderedExample, make_problems, pad_batch
+from alignkit.data.pairs import common_prefix_length
 from alignkit.infra.train import prepare_model
 from alignkit.logprobs import sequence_logprobs
 from alignkit.models import build_tiny
-from alignkit.recipes import dpo
-from alignkit.data.pairs import common_prefix_length
 from alignkit.models.forwards import prefix_sharing_mask
 from alignkit.models.reference import precompute_logps
+from alignkit.recipes import dpo
 from alignkit.recipes.dpo import DataSection, DPOConfig, LossSection, Pair
 from alignkit.rewards import accuracy_reward, format_reward
 
