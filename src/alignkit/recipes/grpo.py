@@ -183,6 +183,46 @@ class GRPOConfig(Section):
         return self
 
 
+def collect_batch(cfg, life, tokenizer, scorer, sampler, curriculum, adaptive, *, step: int, temperature: float):
+    """One step's training batch: a draw of prompts, generated and scored (``draw_and_score``); with DAPO dynamic
+    sampling (``rollout.dynamic_sampling``), further draws until the batch holds enough groups whose rewards
+    differ (or ``rollout.max_extra_draws`` is spent). Returns (batch, prompts, sizes, scored, valid, raw rewards,
+    every draw, the DynamicSampler or None); a RewardFailureError from the scorer propagates."""
+    dynamic = DynamicSampler(len(range(life.rank, cfg.rollout.prompts_per_step, life.world)),
+                             1 + cfg.rollout.max_extra_draws) if cfg.rollout.dynamic_sampling else None
+    drawn, kept = [], []  # every draw of the step; the (part, prompt, size, scores) of each kept group
+    while True:
+        draw = draw_and_score(cfg, life, tokenizer, scorer, sampler, curriculum, adaptive, step=step,
+                              draw=len(drawn), temperature=temperature)
+        drawn.append(draw)
+        if dynamic is None:
+            break
+        keep = dynamic.add(draw["raw"], draw["sizes"], draw["valid"])
+        kept += [group_of(draw, g) for g in keep]
+        if dynamic.done:
+            break
+    if dynamic is not None:
+        if not dynamic.filled:
+            log.warning("step %d: dynamic sampling kept %d of %d groups with differing rewards after %d draws "
+                        "(rollout.max_extra_draws=%d); training on %s", step + 1, dynamic.groups_kept,
+                        dynamic.target_groups, dynamic.draws, cfg.rollout.max_extra_draws,
+                        "these" if kept else "the last draw (all advantages zero)")
+        if kept:
+            with life.timer("generate"):
+                parts = [k[0] for k in kept]
+                batch = merge_rollouts(parts, tokenizer.pad_token_id)
+            prompts, sizes = [k[1] for k in kept], [k[2] for k in kept]
+            scored = [s for k in kept for s in k[3]]
+            valid = torch.cat([k[4] for k in kept])
+        else:
+            batch, prompts, sizes, scored, valid = (drawn[-1][k] for k in ("batch", "prompts", "sizes", "scored", "valid"))
+        raw = torch.tensor([s.total if s.ok else 0.0 for s in scored], dtype=torch.float32)
+    else:
+        batch, prompts, sizes, scored, valid, raw = (drawn[0][k] for k in ("batch", "prompts", "sizes", "scored",
+                                                                              "valid", "raw"))
+    return batch, prompts, sizes, scored, valid, raw, drawn, dynamic
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The loop: sample -> generate -> score -> advantages -> logprobs -> update -> log
 # ----------------------------------------------------------------------------------------------------------
@@ -198,7 +238,7 @@ def run(cfg: GRPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval
     from alignkit.rewards import RewardFailureError, reward_metrics
 
     life = Run(cfg, desc="grpo", seed=cfg.train.seed, seed_per_rank=True, callbacks=callbacks)
-    world, rank, acc = life.world, life.rank, life.acc
+    world, acc = life.world, life.acc
     life.require_divisible(cfg.rollout.prompts_per_step, "rollout.prompts_per_step", "processes", world)
     if cfg.rollout.dynamic_sampling and world > 1:
         raise ValueError("rollout.dynamic_sampling runs on one process for now (each process would keep a different "
@@ -235,42 +275,12 @@ def run(cfg: GRPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval
             temperature = piecewise_constant(step, cfg.rollout.temperature_schedule, cfg.rollout.temperature)
             beta = kl_ctl.value if kl_ctl is not None else interpolate(
                 step, cfg.train.steps, cfg.loss.beta, cfg.loss.beta if cfg.loss.beta_final is None else cfg.loss.beta_final)
-            dynamic = DynamicSampler(len(range(rank, cfg.rollout.prompts_per_step, world)),
-                                     1 + cfg.rollout.max_extra_draws) if cfg.rollout.dynamic_sampling else None
-            drawn, kept = [], []  # every draw of the step; the (part, prompt, size, scores) of each kept group
             try:
-                while True:
-                    draw = draw_and_score(cfg, life, tokenizer, scorer, sampler, curriculum, adaptive, step=step,
-                                          draw=len(drawn), temperature=temperature)
-                    drawn.append(draw)
-                    if dynamic is None:
-                        break
-                    keep = dynamic.add(draw["raw"], draw["sizes"], draw["valid"])
-                    kept += [group_of(draw, g) for g in keep]
-                    if dynamic.done:
-                        break
+                batch, prompts, sizes, scored, valid, raw, drawn, dynamic = collect_batch(
+                    cfg, life, tokenizer, scorer, sampler, curriculum, adaptive, step=step, temperature=temperature)
             except RewardFailureError as err:
                 failure = err
                 break
-            if dynamic is not None:
-                if not dynamic.filled:
-                    log.warning("step %d: dynamic sampling kept %d of %d groups with differing rewards after %d draws "
-                                "(rollout.max_extra_draws=%d); training on %s", step + 1, dynamic.groups_kept,
-                                dynamic.target_groups, dynamic.draws, cfg.rollout.max_extra_draws,
-                                "these" if kept else "the last draw (all advantages zero)")
-                if kept:
-                    with life.timer("generate"):
-                        parts = [k[0] for k in kept]
-                        batch = merge_rollouts(parts, tokenizer.pad_token_id)
-                    prompts, sizes = [k[1] for k in kept], [k[2] for k in kept]
-                    scored = [s for k in kept for s in k[3]]
-                    valid = torch.cat([k[4] for k in kept])
-                else:
-                    batch, prompts, sizes, scored, valid = (drawn[-1][k] for k in ("batch", "prompts", "sizes", "scored", "valid"))
-                raw = torch.tensor([s.total if s.ok else 0.0 for s in scored], dtype=torch.float32)
-            else:
-                batch, prompts, sizes, scored, valid, raw = (drawn[0][k] for k in ("batch", "prompts", "sizes", "scored",
-                                                                                      "valid", "raw"))
             all_scored = [s for d in drawn for s in d["scored"]]
             with life.timer("advantages"):
                 advantages = ADVANTAGE_ESTIMATORS[cfg.loss.advantages](raw, sizes, eps=cfg.loss.eps, valid=valid, **adv_opts)
