@@ -126,8 +126,10 @@ def test_bt_preference_probability_and_loss(diff, prob, loss):
 
 
 def _dpo(pw, pl, rw, rl, **kw):
+    """-> (losses, chosen rewards, rejected rewards) from dpo_loss's (losses, metrics)."""
     d = lambda x: T([x], dtype=torch.float64)  # noqa: E731
-    return dpo_loss(d(pw), d(pl), d(rw), d(rl), **kw)
+    losses, m = dpo_loss(d(pw), d(pl), d(rw), d(rl), **kw)
+    return losses, m["rewards/chosen"], m["rewards/rejected"]
 
 
 def test_dpo1_implicit_rewards():
@@ -152,7 +154,7 @@ def test_dpo3_gradient_weight(rw, rl, weight):
     # dL/dh for L = -log sigma(beta h): -beta * sigma(-beta h) = -beta * sigma(r_l - r_w)
     beta = 0.1
     pw = T([rw / beta], dtype=torch.float64, requires_grad=True)
-    losses, _, _ = dpo_loss(pw, T([rl / beta], dtype=torch.float64), T([0.0]), T([0.0]), beta=beta)
+    losses, _ = dpo_loss(pw, T([rl / beta], dtype=torch.float64), T([0.0]), T([0.0]), beta=beta)
     losses.sum().backward()
     assert -pw.grad.item() / beta == pytest.approx(weight, abs=1e-6)
 

@@ -93,7 +93,8 @@ def test_whiten_has_zero_mean_unit_variance_on_masked_tokens():
 def test_dpo_gradient_equals_analytic_weighting(rows, beta):
     pw, pl, rw, rl = (torch.tensor(c, dtype=torch.float64) for c in zip(*rows))
     pw.requires_grad_(), pl.requires_grad_()
-    losses, cr, rr = dpo_loss(pw, pl, rw, rl, beta=beta)
+    losses, m = dpo_loss(pw, pl, rw, rl, beta=beta)
+    cr, rr = m["rewards/chosen"], m["rewards/rejected"]
     losses.sum().backward()
     # dL/dlogpi_w = -beta * sigma(r_l - r_w) ; dL/dlogpi_l = +beta * sigma(r_l - r_w)
     weight = torch.sigmoid(rr - cr)

@@ -29,14 +29,15 @@ def dpo_loss(
     label_smoothing: float = 0.0,
     loss_type: str = "sigmoid",
     reference_free: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DPO loss per pair.
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DPO loss per pair, ``(loss, metrics)`` like every loss of ``alignkit.losses``.
 
     Args:
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: [B] summed
             response-token logprobs.
     Returns:
-        (losses [B], chosen_rewards [B], rejected_rewards [B]); rewards are beta * log-ratios, detached.
+        (losses [B], {"rewards/chosen": [B], "rewards/rejected": [B], "rewards/margin": [B]}); the implicit
+        rewards are beta * log-ratios, detached.
     """
     if loss_type not in DPO_LOSS_TYPES:
         raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose one of {', '.join(DPO_LOSS_TYPES)}")
@@ -54,4 +55,5 @@ def dpo_loss(
         losses = (h - 1.0 / (2.0 * beta)).square()
     chosen_rewards = (beta * chosen_log_ratio).detach()
     rejected_rewards = (beta * rejected_log_ratio).detach()
-    return losses, chosen_rewards, rejected_rewards
+    return losses, {"rewards/chosen": chosen_rewards, "rewards/rejected": rejected_rewards,
+                    "rewards/margin": chosen_rewards - rejected_rewards}

@@ -54,11 +54,8 @@ def _dpo_family(batch: PairLogps, loss_type: str, beta: float, label_smoothing: 
     zeros = torch.zeros_like(batch.policy_chosen_logps)
     rc = zeros if reference_free else batch.ref_chosen_logps
     rr = zeros if reference_free else batch.ref_rejected_logps
-    losses, chosen_rewards, rejected_rewards = dpo_loss(
-        batch.policy_chosen_logps, batch.policy_rejected_logps, rc, rr, beta=beta,
-        label_smoothing=label_smoothing, loss_type=loss_type, reference_free=reference_free)
-    return losses, {"rewards/chosen": chosen_rewards, "rewards/rejected": rejected_rewards,
-                    "rewards/margin": chosen_rewards - rejected_rewards}
+    return dpo_loss(batch.policy_chosen_logps, batch.policy_rejected_logps, rc, rr, beta=beta,
+                    label_smoothing=label_smoothing, loss_type=loss_type, reference_free=reference_free)
 
 
 def _sigmoid(batch: PairLogps, *, beta: float = 0.1, label_smoothing: float = 0.0, reference_free: bool = False):
