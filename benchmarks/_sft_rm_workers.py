@@ -95,10 +95,13 @@ class StepLog:
 # ---------------------------------------------------------------------------------------------------------
 
 def _instrument_recipe(module, log: StepLog, count) -> dict:
-    """Patch ``module.PhaseTimer`` (end of "update" = end of step), ``module.collate`` (count tokens of
-    the batches built inside "forward_backward"; evaluation batches are not counted) and
-    ``module.prepare_model`` (record the model's settings). -> the dict the settings are written to."""
-    base_timer, base_collate, base_prepare = module.PhaseTimer, module.collate, module.prepare_model
+    """Patch the lifecycle's ``PhaseTimer`` (``alignkit.infra.run``, whose ``Run.timer`` the recipes time their
+    phases with; end of "update" = end of step), ``module.collate`` (count tokens of the batches built inside
+    "forward_backward"; evaluation batches are not counted) and ``module.prepare_model`` (record the model's
+    settings). -> the dict the settings are written to."""
+    from alignkit.infra import run as lifecycle
+
+    base_timer, base_collate, base_prepare = lifecycle.PhaseTimer, module.collate, module.prepare_model
     state = {"in_fb": False}
     facts: dict = {}
 
@@ -126,7 +129,7 @@ def _instrument_recipe(module, log: StepLog, count) -> dict:
                      optim="torch.optim.AdamW")
         return model
 
-    module.PhaseTimer, module.collate, module.prepare_model = TimedPhases, collate, prepare_model
+    lifecycle.PhaseTimer, module.collate, module.prepare_model = TimedPhases, collate, prepare_model
     return facts
 
 
