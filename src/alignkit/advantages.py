@@ -211,8 +211,7 @@ def reinforce_pp_advantages(
     stay exactly 0. Invalid rows are left out of every statistic and get 0; an all-equal batch gives 0.
 
     REINFORCE++ puts the KL to the reference in the reward, per token: the token-level form is
-    ``whiten(discounted_returns(kl_shaped_token_rewards(x, ...), response_mask), response_mask)`` with the
-    sequence-level x above as the rewards (gamma = 1).
+    :func:`reinforce_pp_token_advantages` of the x above (:func:`reinforce_pp_baseline`).
 
     Args:
         rewards: [N] raw scalar rewards, the samples of a prompt in contiguous rows.
@@ -222,6 +221,24 @@ def reinforce_pp_advantages(
     Returns:
         [N] advantages.
     """
+    x = reinforce_pp_baseline(rewards, group_size, valid=valid, baseline=baseline)
+    v = torch.ones_like(x, dtype=torch.bool) if valid is None else valid.bool()
+    if not (x != 0).any():
+        return x
+    std = (x[v] - x[v].mean()).square().mean().sqrt()
+    return torch.where(v, x / (std + eps), torch.zeros_like(x))
+
+
+def reinforce_pp_baseline(
+    rewards: torch.Tensor,
+    group_size: int | Sequence[int],
+    *,
+    valid: torch.Tensor | None = None,
+    baseline: str = "group",
+) -> torch.Tensor:
+    """REINFORCE++'s x before the batch normalization: x_i = r_i - mean_g(r) ("group") or r_i - mean_B(r)
+    ("batch"), over valid rows (invalid rows 0). A batch whose valid rewards are all equal gives exactly 0.
+    Shapes [N] -> [N]; see :func:`reinforce_pp_advantages`."""
     if baseline not in ("group", "batch"):
         raise ValueError(f"unknown REINFORCE++ baseline {baseline!r}; choose group or batch")
     if rewards.dim() != 1:
@@ -233,11 +250,8 @@ def reinforce_pp_advantages(
     if not v.any() or r[v].max() == r[v].min():
         return zeros
     if baseline == "group":
-        x = group_advantages(r, group_size, scale=False, valid=v)
-    else:
-        x = torch.where(v, r - r[v].mean(), zeros)
-    std = (x[v] - x[v].mean()).square().mean().sqrt()
-    return torch.where(v, x / (std + eps), zeros)
+        return group_advantages(r, group_size, scale=False, valid=v)
+    return torch.where(v, r - r[v].mean(), zeros)
 
 
 def kl_shaped_token_rewards(
@@ -270,6 +284,47 @@ def kl_shaped_token_rewards(
     last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1, keepdim=True)
     score = torch.zeros_like(kl).scatter_(1, last, rewards[:, None].to(kl.dtype)) * mask
     return -beta * kl + score
+
+
+def reinforce_pp_token_advantages(
+    x: torch.Tensor,
+    logprobs: torch.Tensor | None,
+    ref_logprobs: torch.Tensor | None,
+    response_mask: torch.Tensor,
+    *,
+    beta: float,
+    estimator: str = "k1",
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """REINFORCE++ with the KL to the reference in the reward, per token (Hu et al. 2025): token advantages.
+
+        r_t = -beta * KL_t  (+ x_b at the row's last response token)       kl_shaped_token_rewards
+        G_t = sum_{t' >= t} r_t'                                            discounted_returns, gamma = 1
+        A_t = (G_t - mean(G)) / sqrt(var(G) + eps)                          whiten
+        KL_t = kl_divergence(logprobs_t, ref_logprobs_t, estimator)         (the paper's: k1 = logprob - ref)
+
+    mean and var are population statistics over EVERY response token of the batch (the paper's global
+    normalization), so a long completion weighs more than a short one. With beta = 0, G_t = x_b on every token
+    of row b and A is x whitened over tokens: the sequence-level :func:`reinforce_pp_advantages` exactly when
+    all rows have the same length (up to where eps sits), a token-weighted version of it otherwise.
+
+    Args:
+        x: [B] sequence-level REINFORCE++ x (:func:`reinforce_pp_baseline`; 0 for rows left out).
+        logprobs: [B, T] logprobs of the sampled tokens under the behaviour policy (detached); may be None
+            when beta == 0, as may ``ref_logprobs`` ([B, T], under the reference).
+        response_mask: [B, T]; rows left out of the loss are all 0 and take no part in the statistics.
+    Returns:
+        advantages [B, T], 0 where masked.
+    """
+    x = (x if x.is_floating_point() else x.float()).to(response_mask.device)
+    mask = response_mask.to(x.dtype)
+    if logprobs is None or ref_logprobs is None:
+        if beta != 0:
+            raise ValueError("reinforce_pp_token_advantages: beta != 0 needs logprobs and ref_logprobs")
+        logprobs = ref_logprobs = torch.zeros_like(mask)
+    token_rewards = kl_shaped_token_rewards(x, logprobs.to(mask.dtype), ref_logprobs.to(mask.dtype), mask,
+                                            beta=beta, estimator=estimator)
+    return whiten(discounted_returns(token_rewards, mask, gamma=1.0), mask, eps=eps)
 
 
 # name -> fn(rewards [N], group_size, *, valid=None, eps=1e-8, **its own options) -> advantages [N].

@@ -13,6 +13,8 @@ from alignkit.advantages import (
     group_advantages,
     kl_shaped_token_rewards,
     reinforce_pp_advantages,
+    reinforce_pp_baseline,
+    reinforce_pp_token_advantages,
     rloo_advantages,
 )
 
@@ -119,3 +121,42 @@ def test_kl_shaped_token_rewards_by_hand():
     # k3 on row 1 t=0: log ratio -0.5 -> exp(0.5) - 1 - 0.5 = 0.148721 -> -0.1 * 0.148721
     k3 = kl_shaped_token_rewards(r, lp, ref, mask, beta=0.1, estimator="k3")
     assert k3[1, 0].item() == pytest.approx(-0.1 * (math.exp(0.5) - 1.5))
+
+
+def test_reinforce_pp_token_advantages_by_hand():
+    # x = [1, -1]; row 0 has 3 response tokens, row 1 has 2 (its t=2 is padding, logprob 9 never read)
+    # k1 = lp - ref: row 0 [0.5, 0, 1] ; row 1 [1, 0.5]
+    # rewards, beta 0.5: -0.5 k1 (+ x at the last token): row 0 [-0.25, 0, -0.5 + 1 = 0.5] ; row 1 [-0.5, -0.25 - 1 = -1.25]
+    # returns (gamma 1, summed to the end): row 0 [0.25, 0.5, 0.5] ; row 1 [-1.75, -1.25]
+    # whiten over the 5 tokens: mean (0.25 + 0.5 + 0.5 - 1.75 - 1.25) / 5 = -0.35
+    #   deviations [0.6, 0.85, 0.85, -1.4, -0.9] ; var (0.36 + 0.7225 + 0.7225 + 1.96 + 0.81) / 5 = 0.915
+    #   std 0.956556 -> A = [0.627250, 0.888604, 0.888604 ; -1.463583, -0.940875, 0]
+    x = torch.tensor([1.0, -1.0], dtype=f64)
+    lp = torch.tensor([[0.5, 0.0, 1.0], [1.0, 0.5, 9.0]], dtype=f64)
+    ref = torch.zeros(2, 3, dtype=f64)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    got = reinforce_pp_token_advantages(x, lp, ref, mask, beta=0.5, estimator="k1")
+    assert got.shape == (2, 3)
+    assert got.tolist() == [pytest.approx([0.627250, 0.888604, 0.888604], abs=1e-6),
+                            pytest.approx([-1.463583, -0.940875, 0.0], abs=1e-6)]
+    # beta = 0 (no logprobs needed): returns are x on every token [1, 1, 1 ; -1, -1], mean 0.2,
+    #   var (3 * 0.8^2 + 2 * 1.2^2) / 5 = 0.96 -> A = [0.816497 x 3 ; -1.224745 x 2]: the token-weighted
+    #   normalization of the paper; the sequence-level form would give [1, -1] (one std over the 2 rows)
+    flat = reinforce_pp_token_advantages(x, None, None, mask, beta=0.0)
+    assert flat.tolist() == [pytest.approx([0.816497] * 3, abs=1e-6), pytest.approx([-1.224745, -1.224745, 0.0], abs=1e-6)]
+    with pytest.raises(ValueError, match="beta != 0 needs logprobs"):
+        reinforce_pp_token_advantages(x, None, None, mask, beta=0.1)
+
+
+def test_reinforce_pp_token_advantages_equal_lengths_and_beta_0_are_the_sequence_form():
+    # every row 2 tokens long, beta 0: the token whitening has the rows' statistics (up to where eps sits)
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0], dtype=f64)
+    x = reinforce_pp_baseline(r, 4)
+    assert x.tolist() == pytest.approx([0.75, -0.25, -0.25, -0.25, 0.25, 0.25, -0.75, 0.25])
+    mask = torch.ones(8, 2)
+    tok = reinforce_pp_token_advantages(x, None, None, mask, beta=0.0)
+    seq = reinforce_pp_advantages(r, 4)
+    assert torch.allclose(tok, seq[:, None].expand(8, 2), atol=1e-7, rtol=0)
+    # a row left out (all-zero mask) stays 0 and is in no statistic
+    mask[2] = 0
+    assert reinforce_pp_token_advantages(x, None, None, mask, beta=0.0)[2].tolist() == [0.0, 0.0]

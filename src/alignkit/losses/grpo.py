@@ -6,7 +6,8 @@ Per token, with rho_t = pi(o_t) / pi_old(o_t) and the group-normalized advantage
     KL_t = k3 estimate of KL(pi || pi_ref) = pi_ref/pi - 1 - log(pi_ref/pi)
 
 then reduced with one of the aggregations of :mod:`alignkit.losses.aggregate`. The KL sits in the loss
-(not in the reward, unlike PPO-RLHF). With one update per batch, old_logprobs = logprobs.detach() and
+(not in the reward, unlike PPO-RLHF; the GRPO recipe's ``loss.kl_in_reward`` moves it into the reward, REINFORCE++
+style, and calls this with beta = 0 and token-level advantages [B, T]). With one update per batch, old_logprobs = logprobs.detach() and
 the ratio is 1: nothing clips (ERRATA).
 
 The policy term is one of :data:`POLICY_LOSSES` (``policy_loss=``), all of one signature

@@ -8,7 +8,8 @@ One step, as named and timed phases:
   score       every reward component (alignkit.rewards; a trained reward model with ``reward.model``);
               a failed verifier leaves the sample out
   advantages  group-normalized: (r - mean_g) / (std_g + eps)            alignkit.advantages
-  logprobs    reference logprobs (only when beta > 0)
+  logprobs    reference logprobs (only when beta > 0); with loss.kl_in_reward also the behaviour policy's,
+              and the token-level REINFORCE++ advantages with the KL in the reward
   update      mu optimizer steps of the clipped objective + beta * k3 KL  alignkit.losses.grpo_loss
   log         metrics.jsonl / TensorBoard, and a warning line when a metric leaves its healthy range
 
@@ -39,6 +40,12 @@ Decisions, stated up front:
   0 up to max_new_tokens - cache tokens, then linearly down to -weight at max_new_tokens (counted in
   TOKENS, EOS included), added to the sequence reward as the component ``overlong``.
   Clip-higher is ``loss.clip_eps_high``, the token-level loss ``loss.aggregation=token_mean``.
+- ``loss.kl_in_reward`` (REINFORCE++, Hu et al. 2025; only with ``loss.advantages=reinforce_pp``): the KL to the
+  reference is a per-token reward, -beta * KL_t of the behaviour policy's sampled tokens (one extra forward
+  without gradients when beta > 0), plus the group-baseline x = r - mean_g(r) at the last token; the returns
+  (gamma 1) whitened over every response token of the (process's) batch are the advantages, one per token, and
+  the loss has no KL term. Every policy loss takes them (gspo as GSPO-token: the sequence ratio's value with a
+  token advantage). ``kl`` is then the measured KL of the shaping (what the adaptive controller reads).
 - ``loss.policy_loss=gspo`` ratios are sequence-level (geometric means), so its clip range is tiny (the
   paper: 3e-4 / 4e-4); clip_eps above 0.01 with gspo is warned about.
 """
@@ -52,7 +59,12 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from alignkit.advantages import ADVANTAGE_ESTIMATORS, zero_variance_groups
+from alignkit.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    reinforce_pp_baseline,
+    reinforce_pp_token_advantages,
+    zero_variance_groups,
+)
 from alignkit.config import ModelSection, OptimSection, OutputSection, RLRewardSection, Section
 from alignkit.data.prompts import PromptDataSection, PromptSampler, load_prompts
 from alignkit.evaluation import held_out_evaluation
@@ -74,6 +86,7 @@ from alignkit.losses import (
     POLICY_LOSSES,
     AdaptiveKLController,
     grpo_loss,
+    kl_divergence,
     masked_mean,
 )
 from alignkit.losses.dapo import DynamicSampler, overlong_mask, soft_overlong_penalty
@@ -151,6 +164,18 @@ class LossSection(Section):
     scale_rewards: bool = Field(True, description="divide by the group std (false = Dr. GRPO)")
     eps: float = Field(1e-8, gt=0, description="added to the group std")
     filter_zero_variance: bool = Field(False, description="leave groups with all-equal rewards out of the loss")
+    kl_in_reward: bool = Field(False, description="REINFORCE++ (Hu et al. 2025): the KL to the reference as a per-token "
+                               "reward -beta * KL_t (loss.kl_estimator; the paper's is k1), summed to the end of the "
+                               "completion with the group-baseline reward at its last token, whitened over every "
+                               "response token of the batch: token-level advantages, and no KL term in the loss. "
+                               "Needs loss.advantages=reinforce_pp")
+
+    @model_validator(mode="after")
+    def _kl_in_reward_is_reinforce_pp(self):
+        if self.kl_in_reward and self.advantages != "reinforce_pp":
+            raise ValueError(f"loss.kl_in_reward=true is REINFORCE++'s token-level KL reward and needs "
+                             f"loss.advantages=reinforce_pp, got loss.advantages={self.advantages}")
+        return self
 
 
 class TrainSection(Section):
@@ -292,6 +317,9 @@ def run(cfg: GRPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval
             with life.timer("logprobs"):
                 refs = [completion_reference(reference, life.plain, batch, sl, temperature=temperature)
                         for sl in slices] if beta > 0 else None
+                if cfg.loss.kl_in_reward:  # REINFORCE++: the KL goes into the reward, per token -> advantages [N, C]
+                    advantages, shaping_kl = kl_reward_advantages(cfg, life, batch, slices, raw, sizes, valid, mask,
+                                                                  refs, beta=beta, temperature=temperature)
             n_seq, n_tok = global_sum(acc, int((mask.sum(-1) > 0).sum())), global_sum(acc, int(mask.sum()))
             with life.timer("update"):
                 old, stats = [None] * len(slices), {}
@@ -306,8 +334,9 @@ def run(cfg: GRPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval
                             else:
                                 lp = completion_logprobs(model, batch, sl, temperature=temperature)
                             loss, m = grpo_loss(
-                                lp, old[k], refs[k] if refs else None, advantages[sl], mask[sl],
-                                clip_eps=cfg.loss.clip_eps, clip_eps_high=cfg.loss.clip_eps_high, beta=beta,
+                                lp, old[k], refs[k] if refs and not cfg.loss.kl_in_reward else None, advantages[sl],
+                                mask[sl], clip_eps=cfg.loss.clip_eps, clip_eps_high=cfg.loss.clip_eps_high,
+                                beta=0.0 if cfg.loss.kl_in_reward else beta,
                                 kl_estimator=cfg.loss.kl_estimator, aggregation=cfg.loss.aggregation,
                                 policy_loss=cfg.loss.policy_loss, num_sequences=max(n_seq, 1),
                                 num_tokens=max(n_tok, 1), max_tokens=cfg.rollout.max_new_tokens)
@@ -319,7 +348,8 @@ def run(cfg: GRPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval
                                                         max_grad_norm=cfg.optim.max_grad_norm, step=step + 1)
             success_rate = update_schedules(cfg, all_scored, [p for d in drawn for p in d["prompts"]],
                                             [g for d in drawn for g in d["sizes"]], curriculum, adaptive)
-            metrics = {**reward_metrics(all_scored), **step_metrics(stats, cfg.loss.mu - 1, advantages, valid, flat_groups, batch),
+            metrics = {**reward_metrics(all_scored), **step_metrics(stats, cfg.loss.mu - 1, advantages, valid, flat_groups, batch, mask),
+                       **({"kl": shaping_kl} if cfg.loss.kl_in_reward and shaping_kl is not None else {}),
                        **(dynamic.metrics() if dynamic is not None else {}),
                        **({"samples/overlong_masked": sum(d["overlong"] for d in drawn)} if cfg.rollout.overlong_mask else {}),
                        "loss": loss_total, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0], "beta": beta,
@@ -329,7 +359,8 @@ def run(cfg: GRPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval
             metrics = {k: v for k, v in metrics.items() if v is not None}
             components, totals = scorer.columns(scored)  # the trained batch's samples -> completions.jsonl, text checks
             life.log_samples(step + 1, [p[1] for p, g in zip(prompts, sizes) for _ in range(g)], batch.completions,
-                             components, advantages.tolist(), total=totals)
+                             components, (masked_mean(advantages, mask, dim=-1) if advantages.dim() == 2 else advantages).tolist(),
+                             total=totals)
             if kl_ctl is not None and "kl" in metrics:
                 kl_ctl.update(metrics["kl"])
             if life.end_step(metrics, stop, postfix={"reward": "reward/total", "success": "success_rate",
@@ -396,17 +427,40 @@ def update_schedules(cfg: GRPOConfig, scored, prompts, sizes, curriculum, adapti
     return success_rate
 
 
-def step_metrics(stats: dict, last: int, advantages, valid, flat_groups, batch) -> dict:
-    """Loss statistics of the last of the mu iterations (entropy of the first), advantages and completions."""
+def kl_reward_advantages(cfg: GRPOConfig, life: Run, batch, slices, raw, sizes, valid, mask, refs, *, beta: float,
+                         temperature: float) -> tuple[torch.Tensor, float | None]:
+    """``loss.kl_in_reward``: REINFORCE++'s token-level advantages [N, C] (``reinforce_pp_token_advantages``) from
+    the group-baseline x of the raw rewards, the behaviour policy's logprobs (one forward without gradients, only
+    when beta > 0) and the reference logprobs ``refs``; whitened over the tokens of ``mask``. Also returns the
+    measured KL (mean over those tokens; None when beta == 0), which the adaptive KL controller reads."""
+    x = reinforce_pp_baseline(raw, sizes, valid=valid)
+    behaviour = ref = None
+    if beta > 0:
+        with torch.no_grad():
+            behaviour = torch.cat([completion_logprobs(life.plain, batch, sl, temperature=temperature) for sl in slices])
+        ref = torch.cat(refs).to(behaviour.dtype)
+    advantages = reinforce_pp_token_advantages(x, behaviour, ref, mask, beta=beta, estimator=cfg.loss.kl_estimator,
+                                               eps=cfg.loss.eps)
+    kl = None if behaviour is None else float(masked_mean(kl_divergence(behaviour, ref, estimator=cfg.loss.kl_estimator),
+                                                          mask))
+    return advantages, kl
+
+
+def step_metrics(stats: dict, last: int, advantages, valid, flat_groups, batch, mask=None) -> dict:
+    """Loss statistics of the last of the mu iterations (entropy of the first), advantages (per sequence [N]
+    over the valid rows, or per token [N, C] over the tokens of ``mask``) and completions."""
     def mean_of(key):
         vals = stats.get(key)
         return float(torch.stack(vals).mean()) if vals else None
 
+    if advantages.dim() == 2:
+        advantages = advantages[mask.bool()]
+        valid = torch.ones_like(advantages, dtype=torch.bool)
     return {"entropy": mean_of("entropy"), "kl": mean_of(f"kl@{last}"), "clip_fraction": mean_of(f"clip_fraction@{last}"),
             "clip_fraction/high": mean_of(f"clip_high_fraction@{last}"), "approx_kl_old": mean_of(f"approx_kl@{last}"),
             "advantage/mean": float(advantages[valid].mean()) if valid.any() else 0.0,
             "advantage/std": float(advantages[valid].std()) if valid.sum() > 1 else 0.0,
-            "advantage/abs_max": float(advantages.abs().max()),
+            "advantage/abs_max": float(advantages.abs().max()) if advantages.numel() else 0.0,
             "groups/zero_variance": float(flat_groups.float().mean()),
             "completion/length": float(batch.response_mask.sum(-1).float().mean()),
             "completion/truncated": sum(f == "length" for f in batch.finish_reasons) / len(batch.finish_reasons)}
