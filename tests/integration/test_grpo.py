@@ -77,7 +77,7 @@ def test_micro_batch_size_changes_no_number(tmp_path):
     grpo.run(cfg_for(tmp_path, "m16", "train.steps=2", "loss.micro_batch_size=16"))
     grpo.run(cfg_for(tmp_path, "m3", "train.steps=2", "loss.micro_batch_size=3"))
     a, b = rows(tmp_path / "m16"), rows(tmp_path / "m3")
-    assert [x["loss"] for x in a[1:]] == pytest.approx([x["loss"] for x in b[1:]], abs=1e-6)
+    assert [x["train/loss"] for x in a[1:]] == pytest.approx([x["train/loss"] for x in b[1:]], abs=1e-6)
     wa, wb = (load_file(tmp_path / n / "final" / "model.safetensors") for n in ("m16", "m3"))
     worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
     assert worst < 5e-5, worst  # rounding, amplified by Adam (see test_one_step_by_hand_equals_the_recipe)
@@ -119,7 +119,7 @@ def test_resume_gives_the_same_run(tmp_path, monkeypatch):
     monkeypatch.setattr(grpo, "GracefulStop", StopAfter(10**9))
     grpo.run(cfg_for(tmp_path, "resumed", "train.steps=4", "output.resume=true"))
     a, b = rows(tmp_path / "straight"), rows(tmp_path / "resumed")
-    assert [x.get("loss") for x in a] == [x.get("loss") for x in b]
+    assert [x.get("train/loss") for x in a] == [x.get("train/loss") for x in b]
     wa, wb = (load_file(tmp_path / n / "final" / "model.safetensors") for n in ("straight", "resumed"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
@@ -155,9 +155,10 @@ def test_time_limit_ends_the_run_with_a_final_evaluation(tmp_path):
 
 def test_health_warnings_name_each_metric_out_of_range():
     cfg = grpo.MonitorSection(kl_limit=0.1, entropy_floor=0.05)
-    assert grpo.health_warnings({"kl": 0.05, "entropy": 0.5, "groups/zero_variance": 0.5, "skipped": 0}, cfg) == []
-    lines = grpo.health_warnings({"kl": 0.2, "entropy": 0.01, "groups/zero_variance": 1.0, "skipped": 1,
-                                  "loss": float("nan"), "grad_norm": 1.0}, cfg)
+    assert grpo.health_warnings({"train/kl": 0.05, "train/entropy": 0.5, "groups/zero_variance": 0.5,
+                                 "train/skipped": 0}, cfg) == []
+    lines = grpo.health_warnings({"train/kl": 0.2, "train/entropy": 0.01, "groups/zero_variance": 1.0,
+                                  "train/skipped": 1, "train/loss": float("nan"), "train/grad_norm": 1.0}, cfg)
     assert [x.split(" ")[0] for x in lines] == ["KL", "entropy", "every", "non-finite"] and "nan" in lines[3]
 
 

@@ -120,7 +120,7 @@ def test_gspo_with_a_token_sized_clip_range_is_warned_about(tmp_path, caplog):
     grpo.run(cfg_for(tmp_path, "tiny", "train.steps=1", "loss.policy_loss=gspo", "loss.clip_eps=3e-4",
                      "loss.clip_eps_high=4e-4", "loss.mu=2"))
     assert "loss.policy_loss=gspo" not in caplog.text
-    assert "clip_fraction" in rows(tmp_path / "tiny")[1]
+    assert "train/clip_fraction" in rows(tmp_path / "tiny")[1]
 
 
 def test_kl_in_reward_needs_reinforce_pp(tmp_path):
@@ -144,8 +144,8 @@ def test_kl_in_reward_gives_token_advantages_and_no_kl_term(tmp_path, monkeypatc
                          "loss.beta=0.1", "loss.kl_estimator=k1", "loss.mu=2", f"loss.policy_loss={policy}",
                          "loss.clip_eps=3e-4" if policy == "gspo" else "loss.clip_eps=0.2"))
         logged = rows(tmp_path / policy)[1:]
-        assert logged[0]["kl"] == 0.0  # step 1: the policy is still the reference
-        assert logged[1]["kl"] != 0.0 and all(r["beta"] == 0.1 for r in logged)
+        assert logged[0]["train/kl"] == 0.0  # step 1: the policy is still the reference
+        assert logged[1]["train/kl"] != 0.0 and all(r["train/beta"] == 0.1 for r in logged)
     for ref, adv, mask, beta, _ in calls:
         assert ref is None and beta == 0.0  # the KL is in the advantages, not the loss
         assert adv.shape == mask.shape  # [rows, completion tokens]
@@ -186,8 +186,8 @@ def test_kl_in_reward_with_beta_0_is_the_sequence_level_update(tmp_path, monkeyp
         assert torch.allclose(x, y, atol=1e-6, rtol=0), (x - y).abs().max()
     seq, tok = rows(tmp_path / "seq")[1], rows(tmp_path / "tok")[1]
     assert seq["reward/total"] == tok["reward/total"]
-    assert seq["loss"] == pytest.approx(tok["loss"], abs=1e-6)
-    assert seq["grad_norm"] == pytest.approx(tok["grad_norm"], rel=1e-5)
+    assert seq["train/loss"] == pytest.approx(tok["train/loss"], abs=1e-6)
+    assert seq["train/grad_norm"] == pytest.approx(tok["train/grad_norm"], rel=1e-5)
     a, b = final_weights(tmp_path / "seq"), final_weights(tmp_path / "tok")
     assert a.keys() == b.keys()
     for k in a:

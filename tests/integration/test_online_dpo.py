@@ -30,7 +30,7 @@ def cfg_for(tmp_path, name, *overrides):
 def test_tied_groups_are_dropped_and_counted(tmp_path):
     online_dpo.run(cfg_for(tmp_path, "tied", "train.steps=2"), reward_funcs={"constant": lambda completion, **kw: 1.0})
     for row in rows(tmp_path / "tied")[1:]:
-        assert row["pairs/tied"] == 8 and row["pairs/used"] == 0 and row["skipped"] == 1
+        assert row["pairs/tied"] == 8 and row["pairs/used"] == 0 and row["train/skipped"] == 1
 
 
 def test_pairs_train_with_each_loss_and_the_reference_only_when_used(tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
 """infra/monitor.py wires alignkit.monitoring's pure checks into every recipe's lifecycle: the clip band
-(with mu from ``optimizer_steps`` or ``loss.mu``), the text checks on the step's completions, the reward
+(with mu from ``train/optimizer_steps`` or ``loss.mu``), the text checks on the step's completions, the reward
 spike and the hacking alarm, with resumable histories; hand-made metrics."""
 
 from alignkit.infra.monitor import HealthMonitor, MonitorSection, health_warnings
@@ -7,13 +7,13 @@ from alignkit.infra.monitor import HealthMonitor, MonitorSection, health_warning
 
 def test_clip_band_applies_only_with_more_than_one_update_per_batch():
     cfg = MonitorSection()
-    assert health_warnings({"clip_fraction": 0.0}, cfg, mu=1) == []
-    assert "old_logprobs are not the current policy's" in health_warnings({"clip_fraction": 0.01}, cfg, mu=1)[0]
-    assert "> 0.30 with mu=8" in health_warnings({"clip_fraction": 0.45}, cfg, mu=8)[0]
-    assert health_warnings({"clip_fraction": 0.2}, cfg, mu=8) == []
-    assert health_warnings({"clip_fraction": 0.45}, cfg) == []  # mu unknown: no band
+    assert health_warnings({"train/clip_fraction": 0.0}, cfg, mu=1) == []
+    assert "old_logprobs are not the current policy's" in health_warnings({"train/clip_fraction": 0.01}, cfg, mu=1)[0]
+    assert "> 0.30 with mu=8" in health_warnings({"train/clip_fraction": 0.45}, cfg, mu=8)[0]
+    assert health_warnings({"train/clip_fraction": 0.2}, cfg, mu=8) == []
+    assert health_warnings({"train/clip_fraction": 0.45}, cfg) == []  # mu unknown: no band
     mon = HealthMonitor(cfg, mu=1)  # PPO: the logged optimizer_steps wins over loss.mu
-    assert "< 0.10 with mu=16" in mon.check({"clip_fraction": 0.01, "optimizer_steps": 16})[0]
+    assert "< 0.10 with mu=16" in mon.check({"train/clip_fraction": 0.01, "train/optimizer_steps": 16})[0]
 
 
 def test_text_checks_add_metrics_and_warn_on_a_loop():
@@ -37,11 +37,11 @@ def test_reward_spike_after_a_steady_window_and_resume():
     assert len(w) == 1 and "jumped 7.0 std" in w[0]
 
 
-def test_hacking_alarm_and_skipped_steps_under_either_namespace():
+def test_hacking_alarm_and_skipped_steps_in_the_train_namespace():
     cfg = MonitorSection(hacking_window=2)
     mon = HealthMonitor(cfg)
-    mon.check({"reward/total": 0.2, "entropy": 1.0})
-    mon.check({"reward/total": 0.3, "entropy": 0.9})
-    assert any("possible reward hacking" in w for w in mon.check({"reward/total": 0.8, "entropy": 0.3}))
+    mon.check({"reward/total": 0.2, "train/entropy": 1.0})
+    mon.check({"reward/total": 0.3, "train/entropy": 0.9})
+    assert any("possible reward hacking" in w for w in mon.check({"reward/total": 0.8, "train/entropy": 0.3}))
     assert "step was skipped" in health_warnings({"train/skipped": 1, "train/loss": float("nan")}, cfg)[0]
-    assert "step was skipped" in health_warnings({"skipped": 1}, cfg)[0]
+    assert health_warnings({"skipped": 1, "kl": 9.0, "entropy": 0.0}, cfg) == []  # bare names are no metrics of ours

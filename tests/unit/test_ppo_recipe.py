@@ -96,13 +96,13 @@ def test_explained_variance():
 
 def test_warnings_kl_alarm_and_reward_rising_while_entropy_collapses():
     cfg = MonitorSection(kl_alarm=0.05, hacking_window=3, entropy_drop=0.5)
-    assert health_warnings({"kl": 0.04, "entropy": 1.0, "reward/total": 1.0}, cfg, []) == []
-    assert "alarm" in health_warnings({"kl": 0.06}, cfg, [])[0]
+    assert health_warnings({"train/kl": 0.04, "train/entropy": 1.0, "reward/total": 1.0}, cfg, []) == []
+    assert "alarm" in health_warnings({"train/kl": 0.06}, cfg, [])[0]
     history = [[0.2, 1.0], [0.3, 0.9], [0.4, 0.8]]
-    hacking = health_warnings({"reward/total": 0.9, "entropy": 0.3}, cfg, history)
+    hacking = health_warnings({"reward/total": 0.9, "train/entropy": 0.3}, cfg, history)
     assert len(hacking) == 1 and "reward hacking" in hacking[0]
-    assert health_warnings({"reward/total": 0.9, "entropy": 0.6}, cfg, history) == []  # entropy held up
-    assert health_warnings({"reward/total": 0.1, "entropy": 0.3}, cfg, history) == []  # reward did not rise
+    assert health_warnings({"reward/total": 0.9, "train/entropy": 0.6}, cfg, history) == []  # entropy held up
+    assert health_warnings({"reward/total": 0.1, "train/entropy": 0.3}, cfg, history) == []  # reward did not rise
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -1,15 +1,15 @@
 """Healthy ranges of a run's metrics: one ``monitor`` config section and one checker for every recipe.
 
-:class:`HealthMonitor` reads the logged metrics of a step (the unified names of docs/runs.md: ``kl``,
-``entropy``, ``reward/total``, ``groups/zero_variance``, ``skipped``, ``loss``, ``grad_norm``,
-``clip_fraction``) and, when the recipe reported them (:meth:`alignkit.infra.run.Run.log_samples`), the
+:class:`HealthMonitor` reads the logged metrics of a step (the one namespace of docs/runs.md: ``train/kl``,
+``train/entropy``, ``reward/total``, ``groups/zero_variance``, ``train/skipped``, ``train/loss``,
+``train/grad_norm``, ``train/clip_fraction``) and, when the recipe reported them (:meth:`alignkit.infra.run.Run.log_samples`), the
 step's sampled completions. A check whose metric a recipe does not log never fires. The checks themselves
 are the pure functions of :mod:`alignkit.monitoring`:
 
 - KL to the reference above ``kl_limit``; entropy below ``entropy_floor``; every group all-equal; a skipped
   (non-finite) step;
 - the clip fraction outside ``clip_band`` when the policy takes more than one optimizer step per batch
-  (``optimizer_steps`` when logged, i.e. PPO's epochs x minibatches, else ``loss.mu``; with one step any
+  (``train/optimizer_steps`` when logged, i.e. PPO's epochs x minibatches, else ``loss.mu``; with one step any
   clipping is a bug): :func:`~alignkit.monitoring.clip_fraction_warning`;
 - repetition, distinct-2, "thank you thank you" loops and gibberish in the sampled completions
   (``text_checks``; the ``text/...`` metrics are logged too): :func:`~alignkit.monitoring.text_health`;
@@ -51,20 +51,20 @@ def health_warnings(m: dict, cfg: MonitorSection, history: list | None = None, *
     """Lines for metrics outside their healthy range; ``history`` holds [reward, entropy] of past steps;
     ``mu``: optimizer steps per batch of samples (the clip band's check; None: skipped)."""
     out = []
-    if m.get("kl", 0.0) > cfg.kl_limit:
-        out.append(f"KL to the reference {m['kl']:.4f} > {cfg.kl_limit}: the policy is drifting (monitor.kl_limit, "
-                   "the lecture's alarm)")
-    if "entropy" in m and m["entropy"] < cfg.entropy_floor:
-        out.append(f"entropy {m['entropy']:.4f} < {cfg.entropy_floor}: collapse (samples nearly identical)")
+    if m.get("train/kl", 0.0) > cfg.kl_limit:
+        out.append(f"KL to the reference {m['train/kl']:.4f} > {cfg.kl_limit}: the policy is drifting "
+                   "(monitor.kl_limit, the lecture's alarm)")
+    if "train/entropy" in m and m["train/entropy"] < cfg.entropy_floor:
+        out.append(f"entropy {m['train/entropy']:.4f} < {cfg.entropy_floor}: collapse (samples nearly identical)")
     if m.get("groups/zero_variance", 0.0) >= 1.0:
         out.append("every group has all-equal rewards: no learning signal this step")
-    if m.get("skipped") or m.get("train/skipped"):  # RL recipes log bare names, supervised ones train/... (runs.md)
-        loss, norm = m.get("loss", m.get("train/loss")), m.get("grad_norm", m.get("train/grad_norm"))
+    if m.get("train/skipped"):
+        loss, norm = m.get("train/loss"), m.get("train/grad_norm")
         out.append(f"non-finite loss or gradient norm (loss={loss}, grad_norm={norm}): the optimizer step was skipped")
-    if mu is not None and m.get("clip_fraction") is not None:
-        out.append(monitoring.clip_fraction_warning(m["clip_fraction"], mu, band=tuple(cfg.clip_band)))
-    if "reward/total" in m and "entropy" in m:
-        out.append(monitoring.reward_hacking_warning(history or [], m["reward/total"], m["entropy"],
+    if mu is not None and m.get("train/clip_fraction") is not None:
+        out.append(monitoring.clip_fraction_warning(m["train/clip_fraction"], mu, band=tuple(cfg.clip_band)))
+    if "reward/total" in m and "train/entropy" in m:
+        out.append(monitoring.reward_hacking_warning(history or [], m["reward/total"], m["train/entropy"],
                                                      window=cfg.hacking_window, entropy_drop=cfg.entropy_drop))
     return [line for line in out if line]
 
@@ -80,7 +80,7 @@ class HealthMonitor:
 
     def check(self, metrics: dict, texts: Sequence[str] | None = None) -> list[str]:
         """Warnings for this step's ``metrics``; adds the ``text/...`` metrics of ``texts`` to them."""
-        mu = int(metrics["optimizer_steps"]) if "optimizer_steps" in metrics else self.mu
+        mu = int(metrics["train/optimizer_steps"]) if "train/optimizer_steps" in metrics else self.mu
         warnings = health_warnings(metrics, self.cfg, self.history, mu=mu)
         if texts is not None and self.cfg.text_checks:
             text_metrics, text_warnings = monitoring.text_health(list(texts))
@@ -90,8 +90,8 @@ class HealthMonitor:
             spike = monitoring.reward_spike_warning(self.rewards, metrics["reward/total"], k=self.cfg.spike_k)
             warnings += [spike] if spike else []
             self.rewards = (self.rewards + [metrics["reward/total"]])[-self.cfg.spike_window:]
-        if "entropy" in metrics:
-            point = [metrics.get("reward/total", 0.0), metrics["entropy"]]
+        if "train/entropy" in metrics:
+            point = [metrics.get("reward/total", 0.0), metrics["train/entropy"]]
             self.history = (self.history + [point])[-self.cfg.hacking_window:]
         return warnings
 

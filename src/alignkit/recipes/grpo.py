@@ -45,7 +45,7 @@ Decisions, stated up front:
   without gradients when beta > 0), plus the group-baseline x = r - mean_g(r) at the last token; the returns
   (gamma 1) whitened over every response token of the (process's) batch are the advantages, one per token, and
   the loss has no KL term. Every policy loss takes them (gspo as GSPO-token: the sequence ratio's value with a
-  token advantage). ``kl`` is then the measured KL of the shaping (what the adaptive controller reads).
+  token advantage). ``train/kl`` is then the measured KL of the shaping (what the adaptive controller reads).
 - ``loss.policy_loss=gspo`` ratios are sequence-level (geometric means), so its clip range is tiny (the
   paper: 3e-4 / 4e-4); clip_eps above 0.01 with gspo is warned about.
 """
@@ -349,25 +349,26 @@ def run(cfg: GRPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval
             success_rate = update_schedules(cfg, all_scored, [p for d in drawn for p in d["prompts"]],
                                             [g for d in drawn for g in d["sizes"]], curriculum, adaptive)
             metrics = {**reward_metrics(all_scored), **step_metrics(stats, cfg.loss.mu - 1, advantages, valid, flat_groups, batch, mask),
-                       **({"kl": shaping_kl} if cfg.loss.kl_in_reward and shaping_kl is not None else {}),
+                       **({"train/kl": shaping_kl} if cfg.loss.kl_in_reward and shaping_kl is not None else {}),
                        **(dynamic.metrics() if dynamic is not None else {}),
                        **({"samples/overlong_masked": sum(d["overlong"] for d in drawn)} if cfg.rollout.overlong_mask else {}),
-                       "loss": loss_total, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0], "beta": beta,
-                       "temperature": temperature, "group_size/mean": sum(sizes) / len(sizes),
+                       "train/loss": loss_total, "train/grad_norm": grad_norm, "train/lr": scheduler.get_last_lr()[0],
+                       "train/beta": beta, "train/temperature": temperature, "group_size/mean": sum(sizes) / len(sizes),
                        "curriculum/level": curriculum.level if cfg.curriculum.enabled else None,
-                       "samples/failed": sum(not s.ok for s in all_scored), "skipped": int(not applied), "success_rate": success_rate}
+                       "samples/failed": sum(not s.ok for s in all_scored), "train/skipped": int(not applied),
+                       "curriculum/success_rate": success_rate}
             metrics = {k: v for k, v in metrics.items() if v is not None}
             components, totals = scorer.columns(scored)  # the trained batch's samples -> completions.jsonl, text checks
             life.log_samples(step + 1, [p[1] for p, g in zip(prompts, sizes) for _ in range(g)], batch.completions,
                              components, (masked_mean(advantages, mask, dim=-1) if advantages.dim() == 2 else advantages).tolist(),
                              total=totals)
-            if kl_ctl is not None and "kl" in metrics:
-                kl_ctl.update(metrics["kl"])
-            if life.end_step(metrics, stop, postfix={"reward": "reward/total", "success": "success_rate",
+            if kl_ctl is not None and "train/kl" in metrics:
+                kl_ctl.update(metrics["train/kl"])
+            if life.end_step(metrics, stop, postfix={"reward": "reward/total", "success": "curriculum/success_rate",
                                                      "eval_acc": "eval/accuracy"}):
                 break
     return life.finish(tokenizer=tokenizer, failure=scorer.close(failure), reward_failures=scorer.monitor.counters(),
-                       plots=["reward/total", "reward/success_rate", "eval/accuracy", "eval/format", "kl", "entropy",
+                       plots=["reward/total", "reward/success_rate", "eval/accuracy", "eval/format", "train/kl", "train/entropy",
                               "completion/length"],
                        **({} if held_out else {"eval_note": "no held-out evaluation ran: set data.eval_file"}))
 
@@ -456,8 +457,10 @@ def step_metrics(stats: dict, last: int, advantages, valid, flat_groups, batch, 
     if advantages.dim() == 2:
         advantages = advantages[mask.bool()]
         valid = torch.ones_like(advantages, dtype=torch.bool)
-    return {"entropy": mean_of("entropy"), "kl": mean_of(f"kl@{last}"), "clip_fraction": mean_of(f"clip_fraction@{last}"),
-            "clip_fraction/high": mean_of(f"clip_high_fraction@{last}"), "approx_kl_old": mean_of(f"approx_kl@{last}"),
+    return {"train/entropy": mean_of("entropy"), "train/kl": mean_of(f"kl@{last}"),
+            "train/clip_fraction": mean_of(f"clip_fraction@{last}"),
+            "train/clip_fraction/high": mean_of(f"clip_high_fraction@{last}"),
+            "train/approx_kl_old": mean_of(f"approx_kl@{last}"),
             "advantage/mean": float(advantages[valid].mean()) if valid.any() else 0.0,
             "advantage/std": float(advantages[valid].std()) if valid.sum() > 1 else 0.0,
             "advantage/abs_max": float(advantages.abs().max()) if advantages.numel() else 0.0,

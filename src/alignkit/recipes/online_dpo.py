@@ -19,7 +19,7 @@ One step:
 
 Metrics: ``reward/*`` of every sample, ``pairs/used``, ``pairs/tied``, ``train/loss``, ``train/rewards/*``
 (each loss's implicit reward), ``completion/length``; held-out greedy answers as GRPO's ``eval/*``.
-A step with no untied pair makes no update (``skipped`` 1).
+``train/grad_norm``, ``train/lr``; a step with no untied pair makes no update (``train/skipped`` 1).
 """
 
 from __future__ import annotations
@@ -162,7 +162,8 @@ def run(cfg: OnlineDPOConfig, *, model=None, tokenizer=None, train_dataset=None,
             metrics = {**reward_metrics(scored), "pairs/used": n_pairs,
                        "pairs/tied": global_sum(acc, int((~ok).sum())), "train/loss": loss_total,
                        **({f"train/{k}": float(v) / n_pairs for k, v in zip(STAT_KEYS, stats)} if n_pairs else {}),
-                       "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0], "skipped": int(not applied),
+                       "train/grad_norm": grad_norm, "train/lr": scheduler.get_last_lr()[0],
+                       "train/skipped": int(not applied),
                        "samples/failed": int((~valid).sum()),
                        "completion/length": float(batch.response_mask.sum(-1).float().mean())}
             if life.end_step(metrics, stop, postfix={"reward": "reward/total", "pairs": "pairs/used"}):

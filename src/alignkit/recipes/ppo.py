@@ -357,9 +357,10 @@ def step_metrics(batch: PPOBatch, upd: dict, beta: float, rollout_entropy: float
     mask = batch.response_mask
     kl_ref = (masked_mean(kl_divergence(batch.old_logprobs, batch.ref_logprobs, estimator="k3"), mask)
               if batch.ref_logprobs is not None else torch.tensor(0.0))
-    return {**{k: v for k, v in upd.items() if v is not None},
-            "entropy": rollout_entropy, "kl": float(kl_ref), "kl/penalty_estimate": float(masked_mean(batch.kl, mask)),
-            "beta": beta, "kl/sequence": float((batch.kl * mask).sum(-1).mean()),
+    return {**{f"train/{k}": v for k, v in upd.items() if v is not None},
+            "train/entropy": rollout_entropy, "train/kl": float(kl_ref),
+            "train/kl/penalty_estimate": float(masked_mean(batch.kl, mask)),
+            "train/beta": beta, "train/kl/sequence": float((batch.kl * mask).sum(-1).mean()),
             "reward/non_score": float((-beta * batch.kl).sum(-1).mean()),
             "value/explained_variance": explained_variance(batch.values, batch.returns, mask),
             "value/mean": float(masked_mean(batch.values, mask)), "returns/mean": float(masked_mean(batch.returns, mask)),
@@ -442,21 +443,22 @@ def run(cfg: PPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval_
                 upd = ppo_update(model, critic, head, batch, cfg, acc=acc, opts=opts, temperature=temperature,
                                  beta_pen=pen_ctl.value, step=step)
             metrics = {**reward_metrics(scored), **step_metrics(batch, upd, beta, entropy, out.response_mask),
-                       "lr": scheduler.get_last_lr()[0], "critic_lr": critic_sched.get_last_lr()[0],
+                       "train/lr": scheduler.get_last_lr()[0], "train/critic_lr": critic_sched.get_last_lr()[0],
                        "samples/failed": int((~valid).sum())}
             if cfg.loss.variant == "kl_penalty":
-                metrics["kl_penalty/beta"] = pen_ctl.value
+                metrics["train/kl_penalty/beta"] = pen_ctl.value
                 pen_ctl.update(upd.get("approx_kl", 0.0))
             if kl_ctl is not None:
-                kl_ctl.update(metrics["kl"], n_steps=len(scored))  # n_steps: the proportional rule's (Ziegler: samples)
+                kl_ctl.update(metrics["train/kl"], n_steps=len(scored))  # n_steps: the proportional rule's (Ziegler: samples)
                 kl_ctl.value = min(max(kl_ctl.value, cfg.kl.beta_min), cfg.kl.beta_max or float("inf"))
             components, totals = scorer.columns(scored)
             life.log_samples(step + 1, [p[1] for p in prompts for _ in range(g)], batch.completions, components,
                              total=totals)
-            if life.end_step(metrics, stop, postfix={"reward": "reward/total", "kl": "kl", "eval_acc": "eval/accuracy"}):
+            if life.end_step(metrics, stop, postfix={"reward": "reward/total", "kl": "train/kl", "eval_acc": "eval/accuracy"}):
                 break
     return life.finish(tokenizer=tokenizer, failure=scorer.close(failure), reward_failures=scorer.monitor.counters(),
                        save=save_critic(acc.unwrap_model(critic) if critic is not None else None, head),
-                       plots=["reward/total", "reward/model", "eval/accuracy", "kl", "beta", "entropy", "value_loss",
+                       plots=["reward/total", "reward/model", "eval/accuracy", "train/kl", "train/beta", "train/entropy",
+                              "train/value_loss",
                               "value/explained_variance", "completion/length"],
                        **({} if held_out else {"eval_note": "no held-out evaluation ran: set data.eval_file"}))
