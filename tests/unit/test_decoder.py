@@ -1,6 +1,7 @@
 """`FastDecoder` (the lean Llama-family forward of the native rollout loop) against its naive form,
 `model.forward`: prefill and decode-step logits, on Llama, Qwen2 (q/k/v biases), grouped-query attention and
-an untied LM head; which models it accepts; and the native loop with and without it."""
+an untied LM head, plain and with peft LoRA adapters (random nonzero B; merged and unmerged); which models it
+accepts; and the native loop with and without it (same samples, same greedy tokens, LoRA included)."""
 
 import pytest
 import torch
@@ -31,15 +32,29 @@ def _randomize_norms(model):
     return model
 
 
+def with_lora(model, *, targets="all-linear", seed=0):
+    """peft LoRA adapters with random A and B (peft starts B at 0, a no-op adapter)."""
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_" in name:
+                p.copy_((0.3 if "lora_A" in name else 0.05) * torch.randn(p.shape, generator=g))
+    return lora
+
+
+@pytest.mark.parametrize("lora", [None, "merged", "unmerged", "q_v_only"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_prefill_and_steps_equal_model_forward(case):
+def test_prefill_and_steps_equal_model_forward(case, lora):
     model, _ = build_tiny(**CASES[case])
     model = _randomize_norms(model)
+    if lora is not None:
+        model = with_lora(model, targets=["q_proj", "v_proj"] if lora == "q_v_only" else "all-linear", seed=len(case))
     assert FastDecoder.supports(model)
     group, steps = 3, 5
     ids, mask = left_pad(PROMPTS, 0, torch.device("cpu"))
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    decoder = FastDecoder(model, ids.shape[1] + steps)
+    decoder = FastDecoder(model, ids.shape[1] + steps, merge_lora=None if lora is None else lora != "unmerged")
     g = torch.Generator().manual_seed(1)
     with torch.inference_mode():
         logits = decoder.prefill(ids, mask, positions, repeats=group)
@@ -81,7 +96,16 @@ def test_which_models_qualify():
     model, _ = build_tiny()
     assert FastDecoder.supports(model)
     lora = get_peft_model(build_tiny(seed=4)[0], LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
-    assert not FastDecoder.supports(lora) and not FastDecoder.supports(lora.base_model.model)
+    assert FastDecoder.supports(lora) and FastDecoder.supports(lora.base_model.model)
+    on_head = get_peft_model(build_tiny(seed=4)[0], LoraConfig(r=2, target_modules=["lm_head"]))
+    assert not FastDecoder.supports(on_head)
+    biased = get_peft_model(build_tiny(seed=4)[0], LoraConfig(r=2, target_modules=["q_proj"], lora_bias=True))
+    assert not FastDecoder.supports(biased)
+    dropout = get_peft_model(build_tiny(seed=4)[0], LoraConfig(r=2, target_modules=["q_proj"], lora_dropout=0.1))
+    assert not FastDecoder.supports(dropout.train()) and FastDecoder.supports(dropout.eval())
+    merged = get_peft_model(build_tiny(seed=4)[0], LoraConfig(r=2, target_modules=["q_proj"]))
+    merged.merge_adapter()
+    assert not FastDecoder.supports(merged)
     gelu, _ = build_tiny(seed=5)
     gelu.config.hidden_act = "gelu"
     assert not FastDecoder.supports(gelu)
@@ -98,3 +122,24 @@ def test_native_loop_same_samples_with_and_without_the_decoder(case):
     slow = generate(model, tok, prompts, fast=False, **kwargs)
     assert torch.equal(fast.completion_ids, slow.completion_ids)
     torch.testing.assert_close(fast.rollout_logprobs, slow.rollout_logprobs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["llama", "qwen2", "gqa"])
+def test_native_loop_with_lora_same_samples_and_greedy_tokens_with_and_without_the_decoder(case):
+    """The fast decoder runs on LoRA policies (adapters merged into its snapshot): the same samples and
+    logprobs as the peft model's own forward, greedy token-identical, and with the adapters disabled the
+    base model's samples."""
+    model, tok = build_tiny(**CASES[case])
+    lora = with_lora(model, seed=11)
+    prompts = ["hello there", "a", "what is 12+7 ?"]
+    kwargs = dict(num_samples=3, max_new_tokens=12, temperature=1.0, top_k=50, seed=3)
+    fast, slow = generate(lora, tok, prompts, **kwargs), generate(lora, tok, prompts, fast=False, **kwargs)
+    assert torch.equal(fast.completion_ids, slow.completion_ids)
+    torch.testing.assert_close(fast.rollout_logprobs, slow.rollout_logprobs, atol=1e-5, rtol=0)
+    greedy = dict(num_samples=1, max_new_tokens=16, temperature=0.0)
+    g_fast, g_slow = generate(lora, tok, prompts, **greedy), generate(lora, tok, prompts, fast=False, **greedy)
+    assert torch.equal(g_fast.completion_ids, g_slow.completion_ids)
+    with lora.disable_adapter():
+        off, base = generate(lora, tok, prompts, **greedy), generate(lora, tok, prompts, fast=False, **greedy)
+    assert torch.equal(off.completion_ids, base.completion_ids)
+    assert not torch.equal(off.completion_ids, g_fast.completion_ids)  # the adapter changes the samples

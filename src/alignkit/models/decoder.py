@@ -16,11 +16,23 @@ Two changes of form, not of value:
   pairs (j, j + d/2) that HF's `rotate_half` rotates together are adjacent; q . k is unchanged because q and
   k are permuted alike (the cached keys are kept in that order; values are not permuted).
 
-The naive form is `model.forward`; `tests/test_decoder.py` checks prefill and decode logits against it on
+The naive form is `model.forward`; `tests/unit/test_decoder.py` checks prefill and decode logits against it on
 Llama, Qwen2 (q/k/v biases) and grouped-query attention, and greedy decoding against `model.generate`.
 Weights are snapshotted when the decoder is built (one rollout), so build a new one after an optimizer step.
-`FastDecoder.supports(model)` says whether a model qualifies (plain `nn.Linear` projections: a peft-wrapped
-model does not, and the native loop then uses `model.forward`).
+`FastDecoder.supports(model)` says whether a model qualifies (others: the native loop uses `model.forward`).
+
+LoRA (a peft `PeftModel` of LoRA type, or the transformers model inside it): each projection is a peft
+`lora.Linear`, W x + sum_a s_a B_a A_a x over the active adapters (none while `disable_adapter()` is on). The
+decoder reads the base weight and, either
+- merged (`merge_lora=True`, the default under no_grad / inference mode, e.g. sampling): W + s B A folded into
+  the weight before everything else, so a step costs what the plain model's does; or
+- unmerged (the default with gradients on, the grouped logprobs of a training step): the low-rank branch kept
+  beside the folded projection, x W' + (x A') B' with A' = diag(g) sqrt(n) A^T (the RMSNorm weight folded in like
+  W's) and B' the blocks of q/k/v (gate/up) side by side, block-diagonal; gradients then reach A and B through
+  two thin matmuls and the frozen base costs no weight gradient.
+Both equal `model.forward` (tests/unit/test_decoder.py, tests/unit/test_grouped.py). Not supported: LoRA
+dropout active in training (the lean forward has no per-module dropout), DoRA and other variants, a LoRA bias,
+merged adapters, adapters on the embeddings or the LM head.
 
 Shapes: A active rows, T new tokens per row, L = cache length so far, H query heads, KV key/value heads,
 d head dim, cap the cache capacity.
@@ -40,7 +52,9 @@ class FastDecoder:
 
     @staticmethod
     def supports(model) -> bool:
-        """True where the lean forward computes exactly what `model.forward` does."""
+        """True where the lean forward computes exactly what `model.forward` does (plain or LoRA, see the
+        module docstring)."""
+        model = lean_base(model)
         if type(model).__name__ not in SUPPORTED:
             return False
         config = model.config
@@ -49,18 +63,24 @@ class FastDecoder:
         if getattr(config, "sliding_window", None) and type(model).__name__ == "MistralForCausalLM":
             return False
         rope = getattr(model.model.rotary_emb, "rope_type", "default")
-        if rope == "dynamic" or not isinstance(model.lm_head, nn.Linear) or type(model.model.embed_tokens) is not nn.Embedding:
+        if rope == "dynamic" or type(model.lm_head) is not nn.Linear or type(model.model.embed_tokens) is not nn.Embedding:
+            return False
+        if any(getattr(config, key, None) for key in ("final_logit_softcapping", "logit_scale", "logits_scaling")):
             return False
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
             mods = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
-            if any(type(m) is not nn.Linear for m in mods):
+            if not all(_linear_ok(m) for m in mods):
                 return False
         return True
 
-    def __init__(self, model, capacity: int):
+    def __init__(self, model, capacity: int, *, merge_lora: bool | None = None):
+        """``merge_lora``: LoRA adapters folded into the weights (True) or kept as a low-rank branch (False);
+        None: merged unless gradients are on (module docstring)."""
         if not self.supports(model):
             raise ValueError(f"FastDecoder does not support {type(model).__name__} with this configuration")
+        model = lean_base(model)
+        self.merge_lora = not torch.is_grad_enabled() if merge_lora is None else merge_lora
         config, inner = model.config, model.model
         first = inner.layers[0].self_attn
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -71,9 +91,9 @@ class FastDecoder:
         d = self.head_dim
         # interleave (j, j + d/2) within each head: new 2j <- j, new 2j+1 <- j + d/2
         self.perm = torch.stack([torch.arange(d // 2), torch.arange(d // 2) + d // 2], -1).reshape(-1)
-        head = model.lm_head
-        self.lm_head = ((head.weight.float() * inner.norm.weight.float()[None] * self.hidden ** 0.5)
-                        .t().contiguous().to(head.weight.dtype), head.bias)
+        self.head_weight, self.head_bias = model.lm_head.weight, model.lm_head.bias  # [V, h], [V] or None
+        self.final_norm = inner.norm
+        self._folded_head = None  # built on the first _logits call: the [h, V] copy only sampling needs
         self.final_eps = self._eps(inner.norm)
         self.layers = [self._layer_weights(layer) for layer in inner.layers]
         device = self.embed.device
@@ -98,50 +118,67 @@ class FastDecoder:
         (RMSNorm(x) W = r(x) * (x @ diag(g) W), r(x) = rsqrt(mean(x^2) + eps)); the attention scale folded
         into W_q; each head's q/k rows permuted for the complex RoPE."""
         attn, mlp = layer.self_attn, layer.mlp
-        d, perm = self.head_dim, self.perm
+        d, perm, merge = self.head_dim, self.perm, self.merge_lora
 
-        def heads(linear, n, scale=1.0):  # weight [n*d, in] and bias [n*d] with each head's rows permuted
-            w = linear.weight.view(n, d, -1)[:, perm].reshape(n * d, -1) * scale
-            b = linear.bias.view(n, d)[:, perm].reshape(-1) * scale if linear.bias is not None else None
-            return w, b
+        def parts(linear):  # (weight [out, in], bias, LoRA (A [R, in], B [out, R]) or None), merged if asked
+            w, b, lora = _linear_parts(linear)
+            if lora is not None and merge:
+                w, lora = (w.float() + lora[1].float() @ lora[0].float()).to(w.dtype), None
+            return w, b, lora
 
-        def fold(weights, biases, norm):  # [out, in] blocks, RMSNorm weight g -> (sqrt(n) diag(g) W^T, bias)
-            w = torch.cat(weights).float() * (norm.weight.float()[None, :] * self.hidden ** 0.5)
+        def heads(linear, n, scale=1.0):  # weight [n*d, in], bias [n*d], LoRA B [n*d, R]: each head's rows permuted
+            w, b, lora = parts(linear)
+            w = w.view(n, d, -1)[:, perm].reshape(n * d, -1) * scale
+            b = b.view(n, d)[:, perm].reshape(-1) * scale if b is not None else None
+            if lora is not None:
+                lora = (lora[0], lora[1].reshape(n, d, -1)[:, perm].reshape(n * d, -1) * scale)
+            return w, b, lora
+
+        def fold(blocks, norm):  # [(weight [out, in], bias, LoRA)] -> (sqrt(n) diag(g) W^T, bias, LoRA branch)
+            gain = norm.weight.float()[None, :] * self.hidden ** 0.5
+            weights, biases = [x[0] for x in blocks], [x[1] for x in blocks]
+            w = torch.cat(weights).float() * gain
             b = None
             if any(x is not None for x in biases):
                 b = torch.cat([x if x is not None else torch.zeros(m.shape[0], dtype=m.dtype, device=m.device)
                                for x, m in zip(biases, weights)])
-            return w.t().contiguous().to(norm.weight.dtype), b
+            return w.t().contiguous().to(norm.weight.dtype), b, _lora_branch(blocks, gain, norm.weight.dtype)
 
-        q, bq = heads(attn.q_proj, self.heads, self.scale)
-        k, bk = heads(attn.k_proj, self.kv_heads)
+        def plain(linear):  # no norm before it: (W^T, bias, LoRA branch)
+            w, b, lora = parts(linear)
+            return w.t().contiguous(), b, _lora_branch([(w, b, lora)], None, w.dtype)
+
         return dict(
             eps1=self._eps(layer.input_layernorm), eps2=self._eps(layer.post_attention_layernorm),
-            qkv=fold([q, k, attn.v_proj.weight], [bq, bk, attn.v_proj.bias], layer.input_layernorm),
-            o=(attn.o_proj.weight.t().contiguous(), attn.o_proj.bias),
-            gate_up=fold([mlp.gate_proj.weight, mlp.up_proj.weight], [mlp.gate_proj.bias, mlp.up_proj.bias],
-                         layer.post_attention_layernorm),
-            down=(mlp.down_proj.weight.t().contiguous(), mlp.down_proj.bias),
+            qkv=fold([heads(attn.q_proj, self.heads, self.scale), heads(attn.k_proj, self.kv_heads),
+                      parts(attn.v_proj)], layer.input_layernorm),
+            o=plain(attn.o_proj),
+            gate_up=fold([parts(mlp.gate_proj), parts(mlp.up_proj)], layer.post_attention_layernorm),
+            down=plain(mlp.down_proj),
         )
 
     # ---- the forward -------------------------------------------------------------------------------------
     @staticmethod
-    def _normed_linear(x: torch.Tensor, eps: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def _normed_linear(x: torch.Tensor, eps: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None,
+                       lora: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """RMSNorm(x) W + b with the norm weight and sqrt(n) folded into W (see `_layer_weights`):
 
             x / sqrt(mean(x^2) + eps) diag(g) W = (x / hypot(||x||, sqrt(n eps))) @ sqrt(n) diag(g) W
 
         two small ops (a norm and a hypot, in fp32 as HF's RMSNorm) instead of HF's five. `eps` holds
-        sqrt(n eps) as a 0-d fp32 tensor (`_eps`)."""
+        sqrt(n eps) as a 0-d fp32 tensor (`_eps`). `lora` (A', B'): + (h A') B', the unmerged LoRA branch."""
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
         h = x / torch.hypot(norm, eps).to(x.dtype)  # scaled before the matmul: in < out, and a cheap backward
-        return h @ weight_t if bias is None else torch.addmm(bias, h, weight_t)
+        out = h @ weight_t if bias is None else torch.addmm(bias, h, weight_t)
+        return out if lora is None else torch.addmm(out, h @ lora[0], lora[1])
 
     @staticmethod
-    def _residual(x: torch.Tensor, h: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """x + h W (+ b), one addmm."""
+    def _residual(x: torch.Tensor, h: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None,
+                  lora: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x + h W (+ b) (+ (h A') B'), one addmm (and the LoRA branch's two thin ones)."""
         out = torch.addmm(x, h, weight_t)
-        return out if bias is None else out.add_(bias)
+        out = out if bias is None else out.add_(bias)
+        return out if lora is None else out.addmm_(h @ lora[0], lora[1])
 
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                  repeats: int = 1) -> torch.Tensor:
@@ -186,7 +223,18 @@ class FastDecoder:
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final RMSNorm and the LM head (its weight folded with the norm's), [A, hidden] -> [A, V]."""
-        return self._normed_linear(hidden, self.final_eps, *self.lm_head)
+        if self._folded_head is None:
+            w = self.head_weight
+            self._folded_head = ((w.float() * self.final_norm.weight.float()[None] * self.hidden ** 0.5)
+                                 .t().contiguous().to(w.dtype), self.head_bias)
+        return self._normed_linear(hidden, self.final_eps, *self._folded_head)
+
+    def normed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The final RMSNorm alone, [rows, hidden] -> [rows, hidden]: what the LM head reads (`head_weight`,
+        `head_bias`), for `alignkit.logprobs.head_logprobs`. Same arithmetic as `_logits`' folded form."""
+        norm = torch.linalg.vector_norm(hidden, dim=-1, keepdim=True, dtype=torch.float32)
+        gain = (self.final_norm.weight.float() * self.hidden ** 0.5).to(hidden.dtype)
+        return hidden / torch.hypot(norm, self.final_eps).to(hidden.dtype) * gain
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
                 repeats: int = 1) -> torch.Tensor:
@@ -227,3 +275,72 @@ class FastDecoder:
         self.keys = [take(k) for k in self.keys]
         self.values = [take(v) for v in self.values]
         self.key_mask = self.key_mask[rows]
+
+
+def lean_base(model):
+    """The transformers model the lean forward reads: ``model`` itself, or the one inside a peft LoRA
+    `PeftModel` (its projections then peft `lora.Linear`s); other peft types are returned as they are (and
+    not supported)."""
+    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+        if all(c.peft_type == "LORA" for c in model.peft_config.values()):
+            return model.get_base_model()
+    return model
+
+
+def _is_lora_linear(m) -> bool:
+    if not type(m).__module__.startswith("peft."):
+        return False
+    from peft.tuners.lora import Linear as LoraLinear
+
+    return type(m) is LoraLinear
+
+
+def _linear_ok(m) -> bool:
+    """A plain `nn.Linear`, or a peft `lora.Linear` over one in the form the decoder reproduces: not merged, no
+    variant (DoRA ...), no LoRA bias, no dropout active (training with lora_dropout > 0)."""
+    if type(m) is nn.Linear:
+        return True
+    if not _is_lora_linear(m) or type(m.base_layer) is not nn.Linear or m.merged or getattr(m, "fan_in_fan_out", False):
+        return False
+    if m.disable_adapters:
+        return True
+    for name in m.active_adapters:
+        if name not in m.lora_A:
+            continue
+        a, b, drop = m.lora_A[name], m.lora_B[name], m.lora_dropout[name]
+        if name in getattr(m, "lora_variant", {}) or getattr(m, "use_dora", {}).get(name, False):
+            return False
+        if type(a) is not nn.Linear or type(b) is not nn.Linear or a.bias is not None or b.bias is not None:
+            return False
+        if not (type(drop) is nn.Identity or (type(drop) is nn.Dropout and (drop.p == 0 or not drop.training))):
+            return False
+    return True
+
+
+def _linear_parts(m) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+    """(weight [out, in], bias, LoRA) of a `_linear_ok` module; LoRA = (A [R, in], B [out, R]) of its active
+    adapters stacked along R, each B times its scaling (sum_a s_a B_a A_a = B A), or None."""
+    if type(m) is nn.Linear:
+        return m.weight, m.bias, None
+    base = m.base_layer
+    if m.disable_adapters:
+        return base.weight, base.bias, None
+    active = [name for name in m.active_adapters if name in m.lora_A]
+    if not active:
+        return base.weight, base.bias, None
+    a = torch.cat([m.lora_A[name].weight for name in active])
+    b = torch.cat([m.lora_B[name].weight * m.scaling[name] for name in active], 1)
+    return base.weight, base.bias, (a, b)
+
+
+def _lora_branch(blocks, gain: torch.Tensor | None, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The unmerged LoRA branch of concatenated projections [(weight [out_i, in], bias, LoRA or None)]:
+    A' = (A_i diag(gain))^T stacked [in, R] and B' = block_diag(B_i^T) [R, sum out_i] (a block of no rows
+    where a projection has no adapter), so (h A') B' = [h A_1^T B_1^T | ...]. None when no block has one."""
+    if all(lora is None for _, _, lora in blocks):
+        return None
+    scaled = [lora[0].float() * gain if gain is not None else lora[0].float() for _, _, lora in blocks if lora is not None]
+    a = torch.cat(scaled).t().to(dtype)
+    b = torch.block_diag(*[lora[1].float().t() if lora is not None else w.new_zeros((0, w.shape[0]), dtype=torch.float32)
+                           for w, _, lora in blocks]).to(dtype)
+    return a, b

@@ -8,6 +8,10 @@
 - :func:`policy_forward` / :func:`critic_values`: completion logprobs, entropies and values of a rollout
   batch (``alignkit.rollout.batches``). Fast: sequences packed without padding; slow: padded rows.
 
+Every loss-side forward goes through the LM head in chunks where the model allows
+(``alignkit.logprobs.head_logprobs``: the final hidden states of the predicting positions only, chunk x V logits
+at a time, recomputed in the backward); the slow twins build the model's own [rows, tokens, V] logits.
+
 One switch turns every fast path off, to debug numbers: the environment variable ``ALIGNKIT_SLOW_PATHS=1``
 or ``with slow_paths(): ...`` (:func:`fast_paths_enabled`). Recipes also consult it for their own layout
 choices (DPO's shared prefix, PPO's packing). Tests assert each pair of paths agrees.
@@ -15,35 +19,19 @@ choices (DPO's shared prefix, PPO's packing). Tests assert each pair of paths ag
 
 from __future__ import annotations
 
-import os
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 
 import torch
 
-_SLOW = {"on": False}
-
-
-def fast_paths_enabled() -> bool:
-    """False under ``ALIGNKIT_SLOW_PATHS=1`` (any value but '', '0') or inside :func:`slow_paths`."""
-    return not (_SLOW["on"] or os.environ.get("ALIGNKIT_SLOW_PATHS", "") not in ("", "0"))
-
-
-@contextmanager
-def slow_paths():
-    """Inside the block every forward takes its plain (slow) twin."""
-    before, _SLOW["on"] = _SLOW["on"], True
-    try:
-        yield
-    finally:
-        _SLOW["on"] = before
+from alignkit.logprobs import fast_paths_enabled, slow_paths  # noqa: F401  (the switch lives one layer down)
 
 
 def completion_logprobs(model, batch: dict, rows: slice, *, temperature: float, entropy: bool = False):
     """Logprobs [R, C] (and entropies) of the completion tokens of ``rows`` of a rollout batch (prompt_ids,
     prompt_mask [B, P] left-padded; completion_ids, response_mask [B, C]), prompt as context.
 
-    Llama-family models (plain, unwrapped) take `alignkit.models.grouped`: each distinct prompt of the
-    group-contiguous rows is computed once; others the plain forward over prompt + completion."""
+    Llama-family models (plain or peft LoRA, not DDP-wrapped) take `alignkit.models.grouped`: each distinct
+    prompt of the group-contiguous rows is computed once; others the plain forward over prompt + completion."""
     from alignkit.logprobs import sequence_logprobs
     from alignkit.models import grouped
 
@@ -85,7 +73,13 @@ def pair_logps(model, batch: dict) -> torch.Tensor:
 
     Naive equivalent: ``sequence_logprobs(model, ids, mask) * response_mask`` summed per row of the plain
     [2B, T] batch; tests/unit/test_dpo_recipe.py asserts the shared-prefix layout agrees with it."""
-    from alignkit.logprobs import selective_log_softmax, sequence_logprobs
+    from alignkit.logprobs import (
+        final_hidden,
+        head_logprobs,
+        head_route,
+        selective_log_softmax,
+        sequence_logprobs,
+    )
 
     if "segments" not in batch:
         mask = batch["response_mask"]
@@ -96,12 +90,17 @@ def pair_logps(model, batch: dict) -> torch.Tensor:
     B, L = ids.shape
     rows, cols = (batch["chosen_mask"] + batch["rejected_mask"]).nonzero(as_tuple=True)  # target tokens
     prev = batch["prev"][rows, cols]
-    first = int(prev.min())
     eager = attention_implementation(model) == "eager"
     mask = prefix_sharing_mask(batch["segments"], next(model.parameters()).dtype if eager else None)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=batch["position_ids"], use_cache=False,
-                   logits_to_keep=L - first).logits  # [B, L - first, V]: columns first .. L-1
-    lp = selective_log_softmax(logits[rows, prev - first], ids[rows, cols])
+    route = head_route(model) if fast_paths_enabled() else None
+    if route is not None:  # chunked through the LM head, on the target tokens' predicting positions only
+        hidden = final_hidden(model, route[0], input_ids=ids, attention_mask=mask, position_ids=batch["position_ids"])
+        lp = head_logprobs(hidden[rows, prev], route[1].weight, route[1].bias, ids[rows, cols])
+    else:
+        first = int(prev.min())
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=batch["position_ids"], use_cache=False,
+                       logits_to_keep=L - first).logits  # [B, L - first, V]: columns first .. L-1
+        lp = selective_log_softmax(logits[rows, prev - first], ids[rows, cols])
     chosen = lp.new_zeros(B).index_add(0, rows, lp * batch["chosen_mask"][rows, cols])
     rejected = lp.new_zeros(B).index_add(0, rows, lp * batch["rejected_mask"][rows, cols])
     return torch.cat([chosen, rejected])

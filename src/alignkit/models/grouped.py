@@ -10,13 +10,15 @@ keys and values:
     logprob of completion token 0 from the prompt's last position, of token t >= 1 from completion position t-1
 
 Row-wise work (projections, MLP, LM head) runs on the real completion tokens only: padding after EOS costs
-nothing there, and attention scatters the tokens into the padded [R, C] layout. Everything else (weights,
+nothing there, and attention scatters the tokens into the padded [R, C] layout. The LM head runs a chunk of
+rows at a time (`alignkit.logprobs.head_logprobs`): peak memory chunk x V, not M x V. A peft LoRA model runs
+here too, its adapters as a low-rank branch beside each folded projection (`FastDecoder`'s module docstring). Everything else (weights,
 RoPE positions, RMSNorm, MLP) is `FastDecoder`'s, whose weight folding is
 differentiable, so gradients reach the model's parameters exactly as through `model.forward`. Compute per
 layer drops from R (P + C) token rows to N P + (real completion tokens). Rows with the same prompt must be consecutive (the
 group-contiguous layout of `alignkit.rollout`); consecutive rows with equal prompt ids and mask share.
 
-Naive form: `sequence_logprobs(model, cat([prompt, completion]), ...)[:, P:]`; `tests/test_grouped.py`
+Naive form: `sequence_logprobs(model, cat([prompt, completion]), ...)[:, P:]`; `tests/unit/test_grouped.py`
 checks values and parameter gradients against it.
 """
 
@@ -25,16 +27,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from alignkit.logprobs import _chunked_entropy, selective_log_softmax
-from alignkit.models.decoder import FastDecoder
+from alignkit.logprobs import head_logprobs
+from alignkit.models.decoder import FastDecoder, lean_base
 
 
 def supports(model) -> bool:
-    """Plain (unwrapped, e.g. not DDP or peft) Llama-family model with no attention dropout or gradient
-    checkpointing in training."""
+    """Llama-family model, plain or peft LoRA (not DDP-wrapped; see `FastDecoder.supports`), with no attention
+    dropout or gradient checkpointing in training."""
     if not FastDecoder.supports(model):
         return False
-    if model.training and (getattr(model.config, "attention_dropout", 0.0) or model.is_gradient_checkpointing):
+    base = lean_base(model)
+    checkpointing = getattr(base, "is_activation_checkpointing", None)  # transformers >= 5.2x; older: the old name
+    checkpointing = base.is_gradient_checkpointing if checkpointing is None else checkpointing
+    if base.training and (getattr(base.config, "attention_dropout", 0.0) or checkpointing):
         return False
     return True
 
@@ -121,9 +126,9 @@ def grouped_completion_logprobs(
     xp, xc = x.split(rows)
     last_prompt = xp.reshape(n, p, hidden)[:, -1][group]  # [R, h]: predicts completion token 0
     pred = torch.cat([last_prompt[:, None], padded(xc).reshape(r, c, hidden)[:, :-1]], 1)  # [R, C, h]
-    logits = dec._logits(pred.reshape(r * c, hidden)[real])  # [M, V]: token t from position t - 1
-    lp = padded(selective_log_softmax(logits, completion_ids.reshape(-1)[real], temperature=temperature))
+    # token t from position t - 1: the LM head in chunks of rows (no [M, V] logits, `head_logprobs`)
+    out = head_logprobs(dec.normed(pred.reshape(r * c, hidden)[real]), dec.head_weight, dec.head_bias,
+                        completion_ids.reshape(-1)[real], temperature=temperature, entropy=return_entropy)
     if not return_entropy:
-        return lp.view(r, c)
-    ent = padded(_chunked_entropy(logits, chunk_size=512, temperature=temperature))
-    return lp.view(r, c), ent.view(r, c)
+        return padded(out).view(r, c)
+    return padded(out[0]).view(r, c), padded(out[1]).view(r, c)

@@ -11,10 +11,10 @@ Per call:
    map are compacted, so later steps cost only what is still running. Nothing else runs per token (stop
    strings, when given, decode a short window of the active rows' last tokens).
 
-Llama-family models (`FastDecoder.supports`) run prefill and steps through `alignkit.models.decoder.FastDecoder`
+Llama-family models (`FastDecoder.supports`: plain, or peft LoRA, whose adapters are merged into the
+decoder's weight snapshot for the call) run prefill and steps through `alignkit.models.decoder.FastDecoder`
 (the same computation as `model.forward` with only tensor ops; the prompt's keys/values are written once
-into its G rows); others, peft-wrapped ones and `fast=False` through `model.forward` and a `DynamicCache` as
-above.
+into its G rows); others and `fast=False` through `model.forward` and a `DynamicCache` as above.
 
 `compile=True` runs the decode step through `torch.compile` with static shapes: the prefill cache is copied
 into a `StaticCache` of capacity round_up(P + max_new_tokens, 64), every step feeds all B rows (finished rows
