@@ -65,7 +65,8 @@ def generate(
         compile: native only: `torch.compile` the decode step (first call compiles).
         ignore_eos: EOS does not end a row (vLLM's option; benchmarks use it to make work equal).
         fast: native only: run the lean Llama-family forward (`alignkit.models.decoder.FastDecoder`) where the
-            model qualifies; False (or an unsupported model, e.g. peft-wrapped) runs `model.forward`.
+            model qualifies (LoRA adapters included: merged into its weight snapshot); False, or a model it does not
+            support (see `FastDecoder.supports`: e.g. DoRA, soft-capped logits), runs `model.forward`.
     Returns:
         `Rollout` with B = N * G rows; EOS ids are the tokenizer's plus the model's generation_config's.
     """
