@@ -103,6 +103,7 @@ def child_alignkit(args) -> dict:
         "rollout.temperature=1.0", "kl.beta=0.02", "kl.controller=fixed", "kl.estimator=k1",
         "loss.epochs=4", f"loss.minibatch_size={args.batch // args.minibatches}", f"loss.micro_batch_size={args.batch}",
         "loss.gamma=1.0", "loss.lam=0.95", "loss.value_clip=0.2", "loss.vf_coef=0.5", "loss.ent_coef=0.01",
+        "loss.kl_stop=null",  # TRL runs every epoch: equal work
         "optim.lr=3e-5", "critic.lr=3e-5", "optim.warmup_steps=0", "optim.schedule=constant",
         f"train.steps={args.iterations}", f"train.eval_every={10**6}", "output.tensorboard=false",
         f"output.dir={work / 'runs'}", f"output.name=alignkit-{os.getpid()}",

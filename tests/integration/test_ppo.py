@@ -47,7 +47,9 @@ def test_one_iteration_by_hand_equals_the_recipe(tmp_path, monkeypatch):
     monkeypatch.setattr(rewards_module, "score_with_model", spy_score)  # the recipe imports it at run time
     monkeypatch.setattr(ppo, "compute_advantages", spy_adv)
     ppo.run(cfg_for(tmp_path, "it", "train.steps=1", "loss.micro_batch_size=3", "kl.beta=0.1",
-                    "rollout.temperature=0.9", "loss.value_clip=0.2", "optim.lr=1e-3"))
+                    "rollout.temperature=0.9", "loss.value_clip=0.2", "optim.lr=1e-3",
+                    # the lecture's values, set explicitly since the real-model-safe defaults differ
+                    "loss.ent_coef=0.01", "critic.lr=1e-3", "critic.head_init_std=0.02", "loss.kl_stop=null"))
     b = captured["batch"]
     everything = slice(0, 8)
 
@@ -57,7 +59,7 @@ def test_one_iteration_by_hand_equals_the_recipe(tmp_path, monkeypatch):
     assert torch.equal(b.rewards, r)
     # logprobs / values / reference, then token rewards -> GAE -> whitening, from the pure functions
     policy = load_causal_lm(BUNDLED_DIR).train()
-    critic = ValueModel.from_causal_lm(policy, seed=0).train()
+    critic = ValueModel.from_causal_lm(policy, seed=0, std=0.02).train()
     reference = load_causal_lm(BUNDLED_DIR)
     with torch.no_grad():
         old = ppo.policy_forward(policy, b, everything, temperature=0.9)[0]

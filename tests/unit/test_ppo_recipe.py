@@ -203,3 +203,24 @@ def test_packed_forwards_equal_padded_ones(base):
                                   critic_values(critic, b, rows, packing=False), atol=1e-5)
     ids, attn, pos, index = b.packed(slice(0, 3))
     assert ids.shape[1] == 7 and int(attn.sum()) == 3 + 2 + 4 + 3 + 2 + 1  # every real token, no padding rows
+
+
+def test_the_defaults_are_the_real_model_safe_ones(base):
+    """A new value head starts at zero (values 0, so the first advantages are the rewards'), the critic learns at
+    the policy's LR, no entropy bonus, and the trust region is on: with the lecture's c2 = 0.01, a random head
+    and a critic at 1e-3, PPO at lr 1e-5 drove SmolLM2-135M off its answers (docs/benchmarks.md)."""
+    from alignkit.recipes.ppo import PPOConfig, build_critic
+
+    cfg = PPOConfig()
+    assert cfg.loss.ent_coef == 0.0 and cfg.loss.kl_stop == 0.02 and cfg.critic.lr is None
+    critic, head = build_critic(cfg, base)
+    assert head is None and critic.head.weight.abs().sum() == 0 and critic.head.bias.item() == 0
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert critic(ids, torch.ones_like(ids)).abs().sum() == 0
+    shared = build_critic(cfg.model_copy(update={"critic": cfg.critic.model_copy(update={"shared_trunk": True})}),
+                          base)[1]
+    assert shared.head.weight.abs().sum() == 0
+    random = build_critic(cfg.model_copy(update={"critic": cfg.critic.model_copy(update={"head_init_std": 0.02})}),
+                          base)[0]
+    assert 0.01 < float(random.head.weight.std()) < 0.03

@@ -61,8 +61,11 @@ def health_warnings(m: dict, cfg: MonitorSection, history: list | None = None, *
     if m.get("train/skipped"):
         loss, norm = m.get("train/loss"), m.get("train/grad_norm")
         out.append(f"non-finite loss or gradient norm (loss={loss}, grad_norm={norm}): the optimizer step was skipped")
-    if mu is not None and m.get("train/clip_fraction") is not None:
-        out.append(monitoring.clip_fraction_warning(m["train/clip_fraction"], mu, band=tuple(cfg.clip_band)))
+    # the band is for an update that ran its course: a trust-region stop (PPO loss.kl_stop) ends it on purpose
+    if mu is not None and m.get("train/clip_fraction") is not None and not m.get("train/early_stopped"):
+        field = "loss.epochs" if "train/optimizer_steps" in m else "loss.mu"  # PPO: epochs x minibatches
+        out.append(monitoring.clip_fraction_warning(m["train/clip_fraction"], mu, band=tuple(cfg.clip_band),
+                                                    mu_field=field))
     if "reward/total" in m and "train/entropy" in m:
         out.append(monitoring.reward_hacking_warning(history or [], m["reward/total"], m["train/entropy"],
                                                      window=cfg.hacking_window, entropy_drop=cfg.entropy_drop))

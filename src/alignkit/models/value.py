@@ -48,13 +48,19 @@ def _aligned(head_out: torch.Tensor, attention_mask: torch.Tensor, position_ids:
 
 
 def _new_head(hidden_size: int, *, std: float, seed: int) -> nn.Linear:
-    """Linear(hidden, 1): weight ~ normal(0, std) (seeded; the global RNG is left untouched), bias 0."""
+    """Linear(hidden, 1): weight ~ normal(0, std) (seeded; the global RNG is left untouched), bias 0; std 0 gives
+    a zero head, whose values are 0 until the value loss moves it (what PPO's recipe uses by default)."""
     head = nn.Linear(hidden_size, 1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        nn.init.normal_(head.weight, std=std)
+        nn.init.normal_(head.weight, std=std) if std > 0 else nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     return head
+
+
+def _std(config, std: float | None) -> float:
+    """The new head's init std: as given, else the model's ``initializer_range`` (0.02 when it has none)."""
+    return getattr(config, "initializer_range", 0.02) if std is None else std
 
 
 class ValueModel(nn.Module):
@@ -71,17 +77,18 @@ class ValueModel(nn.Module):
         self.head = head
 
     @classmethod
-    def from_causal_lm(cls, causal_lm, *, seed: int = 0) -> ValueModel:
-        """A deep copy of the causal LM's trunk (``causal_lm.model``; its LM head is not used) and a new head."""
+    def from_causal_lm(cls, causal_lm, *, seed: int = 0, std: float | None = None) -> ValueModel:
+        """A deep copy of the causal LM's trunk (``causal_lm.model``; its LM head is not used) and a new head
+        (weights ~ normal(0, std); std None = the model's ``initializer_range``; 0 = zeros)."""
         trunk = copy.deepcopy(causal_lm.get_decoder())
-        std = getattr(causal_lm.config, "initializer_range", 0.02)
-        return cls(trunk, _new_head(causal_lm.config.hidden_size, std=std, seed=seed))
+        return cls(trunk, _new_head(causal_lm.config.hidden_size, std=_std(causal_lm.config, std), seed=seed))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, seed: int = 0, dtype: torch.dtype = torch.float32,
-                        trust_remote_code: bool = False) -> ValueModel:
+                        trust_remote_code: bool = False, std: float | None = None) -> ValueModel:
         """Trunk from a model directory (a causal LM, a reward model or a saved ValueModel) and the head from
-        ``value_head.safetensors`` if there is one, else from a reward model's ``score`` weight, else new."""
+        ``value_head.safetensors`` if there is one, else from a reward model's ``score`` weight, else new
+        (``std`` as in ``from_causal_lm``)."""
         from safetensors.torch import load_file
         from transformers import AutoModel
 
@@ -91,7 +98,7 @@ class ValueModel(nn.Module):
         trunk = AutoModel.from_pretrained(p, dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code,
                                           use_safetensors=True if any(p.glob("*.safetensors")) else None)
         config = trunk.config
-        head = _new_head(config.hidden_size, std=getattr(config, "initializer_range", 0.02), seed=seed)
+        head = _new_head(config.hidden_size, std=_std(config, std), seed=seed)
         if (p / HEAD_FILE).is_file():
             head.load_state_dict(load_file(p / HEAD_FILE))
         else:
@@ -140,9 +147,9 @@ class SharedValueHead(nn.Module):
         self._hidden: torch.Tensor | None = None
 
     @classmethod
-    def for_policy(cls, causal_lm, *, seed: int = 0) -> SharedValueHead:
-        std = getattr(causal_lm.config, "initializer_range", 0.02)
-        return cls(_new_head(causal_lm.config.hidden_size, std=std, seed=seed))
+    def for_policy(cls, causal_lm, *, seed: int = 0, std: float | None = None) -> SharedValueHead:
+        """A new head for ``causal_lm``'s hidden size (``std`` as in ``ValueModel.from_causal_lm``)."""
+        return cls(_new_head(causal_lm.config.hidden_size, std=_std(causal_lm.config, std), seed=seed))
 
     @contextmanager
     def capture(self, causal_lm):

@@ -36,10 +36,19 @@ Decisions, stated up front:
 - Critic: its own trunk (a copy of the policy's starting weights, or ``critic.path``: a model, a reward
   model -- its score weights start the head -- or a saved critic) with its own optimizer and LR; or
   ``critic.shared_trunk``: a value head on the policy's last hidden state (the value loss then also trains
-  the policy's trunk). Policy and critic gradients are clipped separately.
-- Trust region (``loss.kl_stop``, the guard the lecture takes from TRPO): the approximate KL(pi_old || pi)
-  of each minibatch is measured in its forward pass; above the limit that step is not applied and the
-  iteration's remaining epochs are skipped (Stable-Baselines3's target_kl, without the 1.5 factor).
+  the policy's trunk). Policy and critic gradients are clipped separately. A new value head starts at zero
+  (``critic.head_init_std``): values start at 0 and the first advantages come from the rewards alone. The
+  critic's LR defaults to the policy's (``critic.lr``).
+- Trust region (``loss.kl_stop``, the guard the lecture takes from TRPO; on by default at 0.02): the
+  approximate KL(pi_old || pi) of each minibatch is measured in its forward pass; above the limit that step
+  is not applied and the iteration's remaining epochs are skipped (Stable-Baselines3's target_kl, without the
+  1.5 factor; Spinning Up's PPO stops at 0.015 by default).
+- Safe on a real model at a new user's learning rate. With a random value head, a critic at 1e-3, the entropy
+  bonus c2 = 0.01 over a 49k-token vocabulary and no trust region, PPO at lr 1e-5 on SmolLM2-135M moved the
+  policy far in every iteration (approximate KL(pi_old || pi) 0.05-0.20, clip fraction 0.35-0.55) on advantages
+  from a critic that began at explained variance -7 (docs/benchmarks.md, "Real-model learning"). So the
+  defaults are a zero head, the policy's LR for the critic, no entropy bonus (``loss.ent_coef``) and the trust
+  region; the tiny presets set the values they were measured with explicitly.
 - ``loss.variant: kl_penalty`` is the lecture's alternative: no clipping, loss -(r_t A_t - beta_pen KL_t)
   with beta_pen adapted after each iteration by the doubling/halving rule toward ``loss.kl_penalty_target``.
 - Advantage whitening uses the statistics of this process's batch (with several processes, of its share).
@@ -131,7 +140,11 @@ class CriticSection(Section):
     path: str | None = Field(None, description="critic trunk: None = the policy's starting model; else a model, "
                              "reward-model (score weights start the head) or saved-critic directory")
     shared_trunk: bool = Field(False, description="value head on the policy's last hidden state instead of its own trunk")
-    lr: float = Field(1e-3, gt=0, description="critic learning rate (same warmup and schedule as the policy)")
+    lr: float | None = Field(None, gt=0, description="critic learning rate (same warmup and schedule as the "
+                             "policy); None = optim.lr")
+    head_init_std: float = Field(0.0, ge=0, description="std of a new value head's weights; 0 = zeros: values start "
+                                 "at 0, so the first advantages come from the rewards alone (a random head on a real "
+                                 "model's hidden states starts far from the returns)")
 
 
 class LossSection(Section):
@@ -142,14 +155,16 @@ class LossSection(Section):
     clip_eps: float = Field(0.2, gt=0, description="clip range 1 +- eps")
     value_clip: float | None = Field(None, gt=0, description="clip V around the old values by +- this (None = off)")
     vf_coef: float = Field(0.5, ge=0, description="c1: weight of the value loss")
-    ent_coef: float = Field(0.01, ge=0, description="c2: weight of the entropy bonus")
+    ent_coef: float = Field(0.0, ge=0, description="c2: weight of the entropy bonus (the lecture's 0.01 suits small "
+                            "vocabularies; over a real model's tens of thousands of tokens it feeds the junk tail)")
     gamma: float = Field(0.99, ge=0, le=1, description="GAE discount")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
     whiten_advantages: bool = Field(True, description="normalize advantages to mean 0, std 1 over the batch")
     aggregation: Literal[AGGREGATIONS] = Field("token_mean", description="loss aggregation over a minibatch")
     packing: bool = Field(True, description="forward each micro-batch's sequences packed without padding (no "
                           "cross-sequence attention); false = padded rows")
-    kl_stop: float | None = Field(None, gt=0, description="trust region: stop the iteration when KL(pi_old || pi) passes this")
+    kl_stop: float | None = Field(0.02, gt=0, description="trust region: stop the iteration's epochs when a "
+                                  "minibatch's KL(pi_old || pi) passes this (None = off)")
     kl_penalty_beta: float = Field(1.0, gt=0, description="kl_penalty variant: initial beta of the KL(pi_old || pi) term")
     kl_penalty_target: float = Field(0.01, gt=0, description="kl_penalty variant: target KL(pi_old || pi) for adapting that beta")
 
@@ -322,13 +337,14 @@ def build_critic(cfg: PPOConfig, policy):
     if cfg.critic.shared_trunk:
         if cfg.critic.path is not None:
             raise ValueError("critic.path and critic.shared_trunk exclude each other: a shared head reads the policy")
-        return None, SharedValueHead.for_policy(policy, seed=cfg.train.seed)
+        return None, SharedValueHead.for_policy(policy, seed=cfg.train.seed, std=cfg.critic.head_init_std)
     if cfg.critic.path is None:
-        return ValueModel.from_causal_lm(policy, seed=cfg.train.seed), None
+        return ValueModel.from_causal_lm(policy, seed=cfg.train.seed, std=cfg.critic.head_init_std), None
     from alignkit.models import resolve_model_path
 
     return ValueModel.from_pretrained(resolve_model_path(cfg.critic.path), seed=cfg.train.seed,
-                                      dtype=DTYPES.get(cfg.model.dtype, torch.float32)), None
+                                      dtype=DTYPES.get(cfg.model.dtype, torch.float32),
+                                      std=cfg.critic.head_init_std), None
 
 
 def check_config(cfg: PPOConfig, world: int) -> None:
@@ -393,7 +409,7 @@ def run(cfg: PPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval_
     model = prepare_model(model, cfg.model)
     scorer = Scorer(cfg.reward, device=str(acc.device), reward_funcs=reward_funcs)
     pools, held_out, dropped = load_prompts(cfg.data, tokenizer, train_records=train_dataset, eval_records=eval_dataset)
-    critic_optim_cfg = cfg.optim.model_copy(update={"lr": cfg.critic.lr})
+    critic_optim_cfg = cfg.optim.model_copy(update={"lr": cfg.critic.lr or cfg.optim.lr})
     optimizer = build_optimizer(model, cfg.optim)
     critic_optim = build_optimizer(critic if critic is not None else head, critic_optim_cfg)
     rows_per_process = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt // world
