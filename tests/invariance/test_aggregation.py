@@ -1,4 +1,5 @@
-"""The loss of a batch equals the sum of the losses of its parts given global normalizers (style example 3)."""
+"""The loss of a batch equals the sum of the losses of its parts given global normalizers
+(docs/design.md, style example 3)."""
 
 import pytest
 import torch

@@ -1,4 +1,5 @@
-"""The pure packages stay pure: importing them pulls in no heavy framework (DESIGN.md, dependency rule)."""
+"""The pure packages stay pure: importing them pulls in no heavy framework (docs/design.md, dependency
+rule)."""
 
 import subprocess
 import sys

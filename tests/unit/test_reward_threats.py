@@ -1,4 +1,4 @@
-"""The cheats each built-in reward must refuse (DESIGN.md: a reward is an attack surface; issue 16).
+"""The cheats each built-in reward must refuse (docs/design.md, rewards are an attack surface; issue 16).
 
 Each block follows the "Threat model" section of its module's docstring: what a policy may try, and the
 score it must get. Legitimate spellings of a right answer are tested alongside, so that refusing a cheat

@@ -1,5 +1,5 @@
-"""Reward functions, table-driven, plus the scorer's failure handling (DESIGN.md: a verifier or sandbox
-failure is counted and left out of the loss, never a reward of 0)."""
+"""Reward functions, table-driven, plus the scorer's failure handling (docs/design.md, rewards are an
+attack surface: a verifier or sandbox failure is counted and left out of the loss, never a reward of 0)."""
 
 from __future__ import annotations
 

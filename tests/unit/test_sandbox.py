@@ -1,4 +1,5 @@
-"""The sandbox holds against the threats DESIGN.md names: each test runs one attack and checks the damage.
+"""The sandbox holds against the threats docs/design.md names ("The sandbox's threat model"): each test
+runs one attack and checks the damage.
 
 Timeouts are short (1-2 s) and memory caps small to keep the file under ~10 s on 2 cores.
 """

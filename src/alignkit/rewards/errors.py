@@ -1,6 +1,7 @@
 """Reward failures: the exception a reward raises when it cannot score a sample (as opposed to scoring it 0),
-and the run-level check that stops a run whose rewards fail for most samples (DESIGN.md: nothing is silently
-ignored -- a reward failing for most samples stops the run with a clear message)."""
+and the run-level check that stops a run whose rewards fail for most samples (docs/design.md, reliability
+principles: nothing is silently ignored -- a reward failing for most samples stops the run with a clear
+message)."""
 
 from __future__ import annotations
 

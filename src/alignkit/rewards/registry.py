@@ -1,4 +1,4 @@
-"""Reward lookup and the scorer that training and evaluation share (DESIGN.md style example 8).
+"""Reward lookup and the scorer that training and evaluation share (docs/design.md, style example 8).
 
 ``resolve_reward(spec)``: a built-in name (``BUILTIN_REWARDS``) or ``"package.module:function"`` (imported
 with importlib; the module must be importable from the current working directory or a directory on

@@ -1,4 +1,4 @@
-"""Run model-written Python code in a sandbox (DESIGN.md, reliability principles).
+"""Run model-written Python code in a sandbox (docs/design.md, the sandbox's threat model).
 
 A run: ``sys.executable -I -S sandbox_launcher.py`` starts in a new session and process group, sets up the
 jail as root, then execs an isolated interpreter (``python -I -S -B main.py``, empty environment but

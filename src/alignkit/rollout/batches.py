@@ -1,4 +1,5 @@
-"""Typed records of a step's rollouts, as the RL recipes use them (DESIGN: records, not dicts of strings).
+"""Typed records of a step's rollouts, as the RL recipes use them (docs/design.md, style example 9:
+records, not dicts of strings).
 
 - :class:`GroupBatch` (GRPO, RLOO, ...): G_i completions for each prompt i, rows group-contiguous, groups of
   any size (``group_sizes``: adaptive G gives uneven groups). :func:`sample_groups` samples it (one
