@@ -14,7 +14,7 @@ from types import UnionType
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -252,6 +252,45 @@ class RewardSection(Section):
     failure_window: int = Field(64, gt=0, description="samples over which max_failed_share is measured")
     workers: int | None = Field(None, ge=1, description="threads scoring sandboxed rewards (code) in parallel; "
                                 "None = min(8, CPUs), at least 2 (1 = serial); results do not depend on it")
+    when: dict[str, dict[str, Any]] = Field(
+        {}, description="conditional components for mixed prompt sets: component (a reward.weights key, or 'model' "
+        "for reward.model) -> {column: value}; it is computed only on rows whose columns all equal those values "
+        "(== as given, no type conversion; a row lacking the column does not match) and is None (not applicable, "
+        "left out of the total) elsewhere, e.g. {accuracy: {kind: task}, model: {kind: general}}")
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _when_conditions_are_mappings(cls, when: Any) -> Any:
+        if isinstance(when, dict):
+            for key, condition in when.items():
+                if not isinstance(condition, dict):
+                    raise ValueError(f"reward.when.{key} must be a mapping {{column: value}} (e.g. {{kind: task}}), "
+                                     f"got {type(condition).__name__} {condition!r}")
+                if not condition:
+                    raise ValueError(f"reward.when.{key} is empty: give at least one column: value (or leave "
+                                     f"{key!r} out of reward.when to apply it to every row)")
+                bad = [c for c in condition if not isinstance(c, str)]
+                if bad:
+                    raise ValueError(f"reward.when.{key}: column names must be strings, got {bad[0]!r}")
+        return when
+
+    def _when_components(self) -> list[str]:
+        """The names reward.when may use: the weighted components (RLRewardSection adds 'model')."""
+        return list(self.weights)
+
+    @model_validator(mode="after")
+    def _when_names_components(self):
+        known = self._when_components()
+        for key in self.when:
+            if key not in known:
+                hint = ""
+                if key == "model":
+                    rl = "model" in type(self).model_fields
+                    hint = (" ('model' is the trained reward model: set reward.model)" if rl
+                            else " (this recipe has no trained reward model)")
+                raise ValueError(f"reward.when.{key}: {key!r} is not a reward component{hint}; the components are: "
+                                 f"{', '.join(known) or '(none)'}")
+        return self
 
 
 class RLRewardSection(RewardSection):
@@ -260,6 +299,9 @@ class RLRewardSection(RewardSection):
     model: str | None = Field(None, description="trained reward model directory (alignkit rm's final/); None = rules only")
     model_weight: float = Field(1.0, description="weight of the reward model's score in the sequence reward")
     model_batch_size: int = Field(64, gt=0, description="rows per reward-model forward")
+
+    def _when_components(self) -> list[str]:
+        return list(self.weights) + (["model"] if self.model is not None and "model" not in self.weights else [])
 
 
 class OutputSection(Section):

@@ -97,7 +97,7 @@ def run(cfg: RejectionSamplingConfig) -> dict:
     model, tokenizer = load_policy(cfg.model)
     if cfg.sampling.backend == "vllm":  # vLLM samples the same weights, loaded by path (untested: no GPU CI)
         model = load_vllm(cfg.model, seed=cfg.sampling.seed)
-    rewards = build_rewards(cfg.reward.weights, cfg.reward.options)
+    rewards = build_rewards(cfg.reward.weights, cfg.reward.options, cfg.reward.when)
     records = load_prompt_records(cfg.prompts)
     prompts, dropped = [], 0
     for rec in records:

@@ -1,6 +1,7 @@
 """Reward functions: ``fn(completion: str, **example_fields) -> float``, each usable on its own; the scorer
 also takes TRL's batched form ``f(prompts, completions, completion_ids, **columns) -> list[float | None]``
-(``registry``; docs/rewards.md).
+(``registry``; docs/rewards.md). ``reward.when`` limits a component to the rows whose columns equal given
+values (``apply_when``): elsewhere it is None, "not applicable", and is not computed.
 
 Imports only the standard library (and torch/numpy where needed): a test asserts it. math-verify and sympy
 are imported lazily, inside the symbolic answer check. Model-written code runs only in ``sandbox``.
@@ -27,7 +28,9 @@ from alignkit.rewards.language import language_consistency_reward
 from alignkit.rewards.length import length_penalty
 from alignkit.rewards.registry import (
     BUILTIN_REWARDS,
+    OnlyWhen,
     ScoredSample,
+    apply_when,
     build_rewards,
     is_batched,
     resolve_reward,
@@ -40,6 +43,7 @@ from alignkit.rewards.sandbox import SandboxResult, run_in_sandbox, run_many
 
 __all__ = [
     "BUILTIN_REWARDS",
+    "OnlyWhen",
     "RewardError",
     "RewardFailureError",
     "RewardFailureMonitor",
@@ -48,6 +52,7 @@ __all__ = [
     "ScoredSample",
     "accuracy_reward",
     "answers_match",
+    "apply_when",
     "build_rewards",
     "code_reward",
     "combine",

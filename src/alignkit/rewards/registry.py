@@ -29,6 +29,16 @@ returns a list of the wrong length fails every sample of the batch. The caller c
 (``reward_metrics``, ``RewardFailureMonitor``) and leaves them out of the loss: a failure is never a reward of 0.
 Task success is kept apart from the shaped reward: ``success`` is whether the component named by
 ``success_key`` (default "accuracy") is 1.0, None when that component is absent, None or failed.
+
+Conditional components (``reward.when``; ``apply_when``, ``OnlyWhen``): in a prompt set that mixes kinds of
+rows, a component may be limited to the rows whose columns equal given values, ``{"accuracy": {"kind":
+"task"}}``. On every other row the component is None ("not applicable", as above) and its function is not
+called at all: a per-sample function is skipped, a batched one is called once with only the matching rows
+(their prompts, completions, ids and columns) and its values are put back in place, and the trained reward
+model (``score_with_model(..., model_when=...)``) forwards only the matching rows. A row matches when it has
+every named column and each value equals (``==``, no conversion: the string "1" does not match 1) the given
+one. ``success`` is then None on the rows where the ``success_key`` component does not apply, so
+``reward/success_rate`` is measured on the rows it applies to.
 """
 
 from __future__ import annotations
@@ -117,14 +127,20 @@ def resolve_reward(spec: str) -> RewardFn:
     return obj
 
 
-def build_rewards(weights: Mapping[str, float], options: Mapping[str, Mapping[str, object]] | None = None
+def build_rewards(weights: Mapping[str, float], options: Mapping[str, Mapping[str, object]] | None = None,
+                  when: Mapping[str, Mapping[str, object]] | None = None, *, reward_model: bool = False
                   ) -> dict[str, tuple[RewardFn, float]]:
     """``{spec: weight}`` -> ``{spec: (fn, weight)}``; ``options[spec]`` are keyword arguments bound to that
     reward (a field of the example with the same name wins over them). Weight 0 logs a component only.
+    ``when[spec]`` limits that reward to the rows whose columns equal the given values (``apply_when``); the
+    key "model" (the trained reward model, which is not in this table) is allowed only with
+    ``reward_model=True`` and is left to ``score_with_model(..., model_when=...)``.
 
     >>> rewards = build_rewards({"accuracy": 1.0, "language": 0.1}, {"language": {"language": "zh"}})
     >>> rewards["language"][0].keywords, rewards["language"][1]
     ({'language': 'zh'}, 0.1)
+    >>> build_rewards({"accuracy": 1.0}, when={"accuracy": {"kind": "task"}})["accuracy"][0].when
+    {'kind': 'task'}
     """
     options = options or {}
     unknown = sorted(set(options) - set(weights))
@@ -134,7 +150,95 @@ def build_rewards(weights: Mapping[str, float], options: Mapping[str, Mapping[st
     for spec, weight in weights.items():
         fn = resolve_reward(spec)
         built[spec] = (functools.partial(fn, **options[spec]) if spec in options else fn, float(weight))
-    return built
+    return apply_when(built, when, reward_model=reward_model) if when else built
+
+
+MODEL = "model"  # the component name of the trained reward model (score_with_model)
+
+
+class OnlyWhen:
+    """A reward function limited to the examples whose columns equal ``when`` (``{column: value}``): the
+    scorer (``score_batch``) gives the component None ("not applicable") on every other example without
+    calling ``fn``. Calling an ``OnlyWhen`` directly calls ``fn`` (the condition is the scorer's business).
+    Built by ``apply_when`` / ``build_rewards(..., when=...)``."""
+
+    def __init__(self, fn: RewardFn, when: Mapping[str, object]):
+        self.fn, self.when = fn, dict(when)
+        self.__wrapped__ = fn  # inspect.signature (hence is_batched) sees fn's parameters
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"OnlyWhen({self.fn!r}, {self.when!r})"
+
+
+def matches(example: Mapping[str, object], when: Mapping[str, object] | None) -> bool:
+    """Whether ``example`` has every column of ``when`` with an equal value (``==``: no type conversion, so a
+    column holding the string "1" does not match 1; a value that cannot be compared does not match). No
+    condition (None or {}) matches every example.
+
+    >>> matches({"kind": "task", "answer": "4"}, {"kind": "task"}), matches({"answer": "4"}, {"kind": "task"})
+    (True, False)
+    >>> matches({"level": "1"}, {"level": 1}), matches({"level": 1}, {"level": 1})
+    (False, True)
+    """
+    for column, value in (when or {}).items():
+        if column not in example:
+            return False
+        try:
+            if not bool(example[column] == value):
+                return False
+        except Exception:  # e.g. an array column: ambiguous truth value
+            return False
+    return True
+
+
+def check_when(when: Mapping[str, object], components: Sequence[str], *, reward_model: bool = False) -> None:
+    """ValueError (naming the key and the known components) unless every key of ``when`` names one of
+    ``components`` (or "model" where a trained reward model scores) and every condition is a non-empty
+    ``{column: value}`` mapping."""
+    known = list(components) + ([MODEL] if reward_model and MODEL not in components else [])
+    for key, condition in when.items():
+        if key not in known:
+            hint = (" ('model' is the trained reward model: set reward.model)" if key == MODEL else "")
+            raise ValueError(f"reward.when.{key}: {key!r} is not a reward component{hint}; the components are: "
+                             f"{', '.join(known) or '(none)'}")
+        if not isinstance(condition, Mapping):
+            raise ValueError(f"reward.when.{key} must be a mapping {{column: value}} (e.g. {{kind: task}}), got "
+                             f"{type(condition).__name__} {condition!r}")
+        if not condition:
+            raise ValueError(f"reward.when.{key} is empty: give at least one column: value (or leave the "
+                             "component out of reward.when to apply it to every row)")
+        bad = [c for c in condition if not isinstance(c, str)]
+        if bad:
+            raise ValueError(f"reward.when.{key}: column names must be strings, got {bad[0]!r}")
+
+
+def apply_when(rewards: Mapping[str, tuple[RewardFn, float]], when: Mapping[str, Mapping[str, object]] | None,
+               *, reward_model: bool = False) -> dict[str, tuple[RewardFn, float]]:
+    """The table ``rewards`` with each component named in ``when`` limited to its rows (``OnlyWhen``); checked
+    by ``check_when`` (the key "model" is allowed with ``reward_model=True`` and skipped here: the reward
+    model is not in the table). A component already limited gets the new condition instead.
+
+    >>> table = apply_when(build_rewards({"accuracy": 1.0}), {"accuracy": {"kind": "task"}})
+    >>> [s.components for s in score_batch(["<answer>4</answer>"] * 2, [{"kind": "task", "answer": "4"},
+    ...                                    {"kind": "chat", "answer": "4"}], table)]
+    [{'accuracy': 1.0}, {'accuracy': None}]
+    """
+    when = when or {}
+    check_when(when, list(rewards), reward_model=reward_model)
+    out = dict(rewards)
+    for name, condition in when.items():
+        if name in out:
+            fn, weight = out[name]
+            out[name] = (OnlyWhen(_unwrap(fn), condition), weight)
+    return out
+
+
+def _unwrap(fn: RewardFn) -> RewardFn:
+    return fn.fn if isinstance(fn, OnlyWhen) else fn
 
 
 @dataclass(frozen=True)
@@ -242,6 +346,7 @@ def _call_batched(fn: RewardFn, completions: Sequence[str], examples: Sequence[M
 
 
 def _is_sandboxed(fn: RewardFn) -> bool:
+    fn = _unwrap(fn)
     base = getattr(fn, "func", fn)
     return any(base is s for s in _SANDBOXED) or bool(getattr(base, "sandboxed", False))
 
@@ -307,28 +412,44 @@ def score_batch(completions: Sequence[str], examples: Sequence[Mapping[str, obje
                 rewards: Mapping[str, tuple[RewardFn, float]], *, success_key: str = "accuracy",
                 workers: int | None = None, prompts: Sequence | None = None,
                 completion_ids: Sequence[Sequence[int]] | None = None, _first_index: int | None = None,
-                _allow_none_applicable: bool = False) -> list[ScoredSample]:
+                _allow_none_applicable: bool | Sequence[bool] = False) -> list[ScoredSample]:
     """``score`` over a batch, rows aligned. ``prompts[i]`` (text or chat messages) and ``completion_ids[i]``
     (the response's token ids, no padding) belong to ``completions[i]``; both optional. Batched (TRL-style)
     rewards are called once on the whole batch. Sandboxed rewards (code, or any function with
     ``fn.sandboxed = True``) run in ``workers`` threads -- None: min(8, CPUs), but at least 2 when there are
     several jobs (each waits on a subprocess); the others run in the calling thread (math-verify's timeouts
-    need the main thread), so results do not depend on ``workers``."""
+    need the main thread), so results do not depend on ``workers``.
+
+    A component limited by a condition (``OnlyWhen``, from ``reward.when``) is None on the rows it does not
+    match, and its function is not called for them: a batched one is called with only the matching rows (not
+    at all when none matches) and its values are scattered back to those rows."""
     n = len(completions)
     for name, seq in (("examples", examples), ("prompts", prompts), ("completion_ids", completion_ids)):
         if seq is not None and len(seq) != n:
             raise ValueError(f"{n} completions but {len(seq)} {name}")
+    conditions = {name: fn.when for name, (fn, _) in rewards.items() if isinstance(fn, OnlyWhen)}
+    rewards = {name: (_unwrap(fn), weight) for name, (fn, weight) in rewards.items()}
     extras = [_extras(prompts, completion_ids, i) for i in range(n)]
     params = {name: _parameters(fn) for name, (fn, _) in rewards.items()}  # inspected once per batch
     batched = {name for name, found in params.items() if _takes_batch(found)}
     done: list[dict[str, float | None | BaseException]] = [{} for _ in completions]
+    rows = {name: [i for i in range(n) if name not in conditions or matches(examples[i], conditions[name])]
+            for name in rewards}
+    for name in conditions:  # not applicable: None, and the function is never called
+        for i in sorted(set(range(n)) - set(rows[name])):
+            done[i][name] = None
     for name, (fn, _) in rewards.items():
-        if name in batched:
-            batch_prompts = list(prompts) if prompts is not None else [None] * n
-            for i, value in enumerate(_call_batched(fn, completions, examples, batch_prompts, completion_ids)):
+        if name in batched and rows[name]:
+            idx = rows[name]
+            batch_prompts = [prompts[i] for i in idx] if prompts is not None else [None] * len(idx)
+            batch_ids = None if completion_ids is None else [completion_ids[i] for i in idx]
+            values = _call_batched(fn, [completions[i] for i in idx], [examples[i] for i in idx], batch_prompts,
+                                   batch_ids)
+            for i, value in zip(idx, values):
                 done[i][name] = value
     sandboxed = [name for name, (fn, _) in rewards.items() if _is_sandboxed(fn) and name not in batched]
-    jobs = [(i, name) for i in range(n) for name in sandboxed]
+    applies = {name: set(rows[name]) for name in sandboxed}
+    jobs = [(i, name) for i in range(n) for name in sandboxed if i in applies[name]]
     threads = _threads(workers, len(jobs))
     if jobs and threads > 1:
         def run(job: tuple[int, str]) -> float | None | BaseException:
@@ -340,26 +461,49 @@ def score_batch(completions: Sequence[str], examples: Sequence[Mapping[str, obje
             for (i, name), value in zip(jobs, pool.map(run, jobs)):
                 done[i][name] = value
     base = 0 if _first_index is None else _first_index
+    allow = ([bool(_allow_none_applicable)] * n if isinstance(_allow_none_applicable, bool)
+             else list(_allow_none_applicable))
     return [_score(completions[i], examples[i], rewards, success_key, base + i, done[i], extras[i], params,
-                   _allow_none_applicable) for i in range(n)]
+                   allow[i]) for i in range(n)]
 
 
 def score_with_model(completions: Sequence[str], examples: Sequence[Mapping[str, object]], prompts: Sequence,
                      rewards: Mapping[str, tuple[RewardFn, float]], reward_model=None, *, model_weight: float = 1.0,
                      success_key: str = "accuracy", workers: int | None = None,
-                     completion_ids: Sequence[Sequence[int]] | None = None) -> list[ScoredSample]:
+                     completion_ids: Sequence[Sequence[int]] | None = None,
+                     model_when: Mapping[str, object] | None = None) -> list[ScoredSample]:
     """``score_batch`` (given the prompts) plus a trained reward model (``alignkit.models.reward_fn.ModelReward``,
     batched forwards) as the component ``model``: total += model_weight * score. ``prompts[i]`` is the prompt
     of ``completions[i]`` (the reward model reads prompt + completion). A failed sample stays failed (its model
-    score is dropped); a sample where every rule reward returned None is scored by the model alone."""
+    score is dropped); a sample where every rule reward returned None is scored by the model alone.
+
+    ``model_when`` (``reward.when.model``, ``{column: value}``): the reward model scores only the rows that
+    match (``matches``; only they are forwarded, in one ``score_batch`` call); on the others ``model`` is None
+    (not applicable), and a row where the rule rewards are None too fails as no_applicable_reward."""
+    if model_when is not None and reward_model is None:
+        raise ValueError("reward.when.model is set but there is no reward model (set reward.model)")
+    n = len(completions)
+    applies = [reward_model is not None and matches(e, model_when) for e in examples]
     scored = score_batch(completions, examples, rewards, success_key=success_key, workers=workers,
-                         prompts=prompts, completion_ids=completion_ids,
-                         _allow_none_applicable=reward_model is not None)
+                         prompts=prompts, completion_ids=completion_ids, _allow_none_applicable=applies)
     if reward_model is None:
         return scored
-    rm = reward_model.score_batch(prompts, completions)
-    return [ScoredSample(s.total + model_weight * r, {**s.components, "model": r}, s.success) if s.ok else s
-            for s, r in zip(scored, rm)]
+    idx = [i for i in range(n) if applies[i]]
+    rm = dict(zip(idx, reward_model.score_batch([prompts[i] for i in idx], [completions[i] for i in idx])
+                  if idx else []))
+    out = []
+    for i, s in enumerate(scored):
+        if not s.ok:
+            out.append(s)
+        elif i in rm:
+            out.append(ScoredSample(s.total + model_weight * rm[i], {**s.components, MODEL: rm[i]}, s.success))
+        elif all(v is None for v in s.components.values()):  # only possible with no rule components at all
+            error = "every reward returned None (not applicable): reward.when.model does not match this row"
+            logger.warning("no reward applies to example %s: %s", i, error)
+            out.append(ScoredSample(None, {**s.components, MODEL: None}, None, NO_APPLICABLE, error))
+        else:
+            out.append(ScoredSample(s.total, {**s.components, MODEL: None}, s.success))
+    return out
 
 
 def reward_metrics(samples: Sequence[ScoredSample]) -> dict[str, float]:

@@ -23,13 +23,25 @@ def reward_table(reward_funcs) -> dict:
 
 class Scorer:
     """``scorer(batch, examples, prompts) -> [ScoredSample]``; raises ``RewardFailureError`` when the share
-    of failed samples passes ``reward.max_failed_share`` (the run then stops with its summary)."""
+    of failed samples passes ``reward.max_failed_share`` (the run then stops with its summary).
+
+    ``reward.when`` limits components to the rows whose columns equal given values: the rule components
+    through ``self.rewards`` (``OnlyWhen`` entries, so the held-out evaluation, which scores with that table,
+    applies them too), the reward model through ``model_when`` (only matching rows are forwarded). With
+    ``reward_funcs``, the keys of ``when`` must name their table's entries (checked here; the config itself
+    checks them against ``reward.weights``), or the function can return None itself where it does not apply."""
 
     def __init__(self, cfg, *, device: str, reward_funcs=None):
-        from alignkit.rewards import RewardFailureMonitor, build_rewards
+        from alignkit.rewards import RewardFailureMonitor, apply_when, build_rewards
 
         self.cfg = cfg
-        self.rewards = reward_table(reward_funcs) if reward_funcs is not None else build_rewards(cfg.weights, cfg.options)
+        when = getattr(cfg, "when", None) or {}
+        has_model = cfg.model is not None
+        if reward_funcs is not None:
+            self.rewards = apply_when(reward_table(reward_funcs), when, reward_model=has_model)
+        else:
+            self.rewards = build_rewards(cfg.weights, cfg.options, when, reward_model=has_model)
+        self.model_when = when.get("model") if has_model else None
         self.model = None
         if cfg.model is not None:  # a trained reward model (alignkit rm): component "model"
             from alignkit.models.reward_fn import ModelReward
@@ -44,7 +56,7 @@ class Scorer:
         scored = rewards.score_with_model(completions, examples, prompts, self.rewards, self.model,
                                           model_weight=self.cfg.model_weight, success_key=self.cfg.success_key,
                                           completion_ids=completion_id_lists(completion_ids, response_mask),
-                                          workers=self.cfg.workers)
+                                          workers=self.cfg.workers, model_when=self.model_when)
         self.monitor.update(scored)
         return scored
 
