@@ -16,6 +16,18 @@ def test_a_right_grounded_trace_verifies():
         (3, 3, 1.0, True, True, True, True)
 
 
+
+def test_steps_between_words_and_chinese_punctuation():
+    zh_q = "小明有12个苹果。小明买了3袋苹果，每袋4个，又送出了5个苹果。小明现在有多少个苹果？"
+    zh = "<think>首先，3*4=12。然后，12+12=24。最后，24-5=19。</think><answer>19</answer>"
+    en = "<think>First, 3*4=12. Then, 12+12=24. Finally, 24-5=19.</think><answer>19</answer>"
+    for trace, question in ((zh, zh_q), (en, Q)):
+        c = check_steps(trace, question=question, answer=19)
+        assert [s.text for s in c.steps] == ["3*4=12", "12+12=24", "24-5=19"] and c.ok
+    # the sentence's full stop is not a decimal point: "12." is 12, and "12.5" stays one number
+    assert [s.text for s in parse_steps("然后，10/4=2.5。最后，2.5*2=5。")] == ["10/4=2.5", "2.5*2=5"]
+    assert not check_steps("<think>首先，3*4=13。</think><answer>13</answer>", question=zh_q, answer=13).ok
+
 @pytest.mark.parametrize("text, share", [
     ("3*4=12 12+12=25 25-5=20", 2 / 3),  # 12+12 is 24
     ("3*4=13", 0.0),
