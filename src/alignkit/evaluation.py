@@ -66,14 +66,17 @@ def score_completions(completions: list[str], answers: list[str | int], lengths:
 @torch.no_grad()
 def evaluate_model(model, tokenizer, problems, *, max_new_tokens: int = 64, batch_size: int = 256,
                    temperature: float = 0.0, require_format: bool = False, rewards=None,
-                   success_key: str = "accuracy") -> dict:
+                   success_key: str = "accuracy", per_problem: bool = False) -> dict:
     """Greedy (by default) answers to ``problems`` (objects with ``question`` and ``answer``, optionally
     ``level`` and ``fields``) -> accuracy (``strict_accuracy``; left out when a problem has no answer), format,
     language, length, and ``accuracy/level_<k>`` when several levels are present.
 
     ``rewards`` (``build_rewards``'s map): every component is also scored on the same greedy completions, with
     the problem's ``fields`` (its record's ground-truth columns) and its prompt, and reported as
-    ``reward/<name>`` (mean over the samples it applied to), ``reward/total`` and ``reward/failed``."""
+    ``reward/<name>`` (mean over the samples it applied to), ``reward/total`` and ``reward/failed``.
+
+    ``per_problem``: also ``n`` (problems) and ``correct`` (0/1 per problem, in order), for paired comparisons
+    of two models on the same problems (confidence intervals of a difference)."""
     from alignkit.data import render_prompt
     from alignkit.rollout import generate
     from alignkit.rollout.types import completion_id_lists
@@ -100,6 +103,9 @@ def evaluate_model(model, tokenizer, problems, *, max_new_tokens: int = 64, batc
         scored = score_batch(texts, examples, rewards, success_key=success_key,
                              prompts=[p.question for p in problems], completion_ids=ids)
         out.update({k: v for k, v in reward_metrics(scored).items() if not k.endswith("/std")})
+    if per_problem and all(a is not None for a in answers):
+        out["n"] = len(problems)
+        out["correct"] = [int(strict_accuracy(c, a, require_format=require_format)) for c, a in zip(texts, answers)]
     return out
 
 

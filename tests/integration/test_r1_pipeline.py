@@ -169,3 +169,36 @@ def test_word_problem_pipeline_with_a_derived_student_and_general_chat(tmp_path)
     mixed = [json.loads(x) for x in (root / "sft_data" / "mixed.jsonl").read_text().splitlines()]
     assert any(r["source"] == "general" and "?" in r["prompt"] for r in mixed)
     assert "Students vs the teacher" in (root / "report.md").read_text()
+
+
+def test_second_language_and_a_preference_reward_model_in_final_rl(tmp_path):
+    """Issue 19: a quarter of the problems in Chinese (their language column reaches the language reward and the
+    report), a Bradley-Terry RM trained on the shipped chat pairs, and final RL scoring general prompts with it
+    while the task rewards score only the problems."""
+    long = [f"{s}.{k}=512" for s in ("r1_zero", "reasoning_rl", "final_rl") for k in ("data.max_prompt_length",)]
+    cfg = load_config(r1.R1Config, CONFIG, ONE_STEP + long + [
+        f"output_dir={tmp_path}", "task=word_problems", "general_source=chat", "eval.general_n=2",
+        "eval.max_new_tokens=8", "eval.n=8", "second_language.language=zh", "second_language.share=0.5",
+        'second_language.prompt_template="中文: {question}"', "cold_start_sft.data.max_length=512",
+        "sft.data.max_length=512", "sft.data.on_overflow=drop", "rejection_sampling.prompts.max_prompt_length=512",
+        "rejection_sampling.select.verify_steps=false", "distill.prompts.max_prompt_length=512",
+        "distill.select.threshold=0.0", "distill.train.max_length=512", "cold_start.few_shot_exemplars=1",
+        "cold_start.few_shot_max_prompt_length=1024",
+        "preference_rm={train: {steps: 2, batch_size: 4, eval_every: 1000}, data: {max_length: 256}}",
+        "final_rl_general_share=0.5", "final_rl.rollout.prompts_per_step=4"])
+    out = r1.run(cfg, only=["final_rl"])
+    root = tmp_path / "r1-tiny"
+    rows = {r["stage"]: r for r in out["rows"]}
+    assert "preference_rm" not in rows  # a reward model is not a policy: not evaluated
+    assert {"language", "language_second", "correct"} <= set(rows["base"])
+    assert len(rows["final_rl"]["correct"]) == 8 and rows["final_rl"]["vs"] == "sft"
+    task = [json.loads(x) for x in (root / "task" / "eval.jsonl").read_text().splitlines()]
+    assert [r["language"] for r in task] == ["en", "zh"] * 4 and task[1]["prompt"].startswith("中文: ")
+    mixed = [json.loads(x) for x in (root / "task" / "final_rl.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in mixed} == {"task", "general"}
+    manifest = json.loads((root / "final_rl" / "manifest.json").read_text())
+    reward = manifest["config"]["reward"]
+    assert reward["model"].endswith("preference_rm/final") and reward["when"]["model"] == {"kind": "general"}
+    assert reward["when"]["accuracy"] == {"kind": "task"}
+    assert (root / "preference_rm" / "final" / "config.json").is_file()
+    assert "RL stages against their input" in (root / "report.md").read_text()

@@ -27,7 +27,7 @@ REDUCED = [
     "cold_start_sft.train.steps=2", "cold_start_sft.train.batch_size=4", "sft.train.steps=2", "sft.train.batch_size=4",
     "rejection_sampling.prompts.n_prompts=4", "rejection_sampling.sampling.num_samples=2",
     "rejection_sampling.sampling.max_new_tokens=32", "rejection_sampling.select.threshold=0.0",
-    "rejection_sampling.select.verify_steps=false",
+    "rejection_sampling.select.verify_steps=false", "preference_rm.train.steps=2", "preference_rm.train.batch_size=4",
     *[f"{s}.{k}" for s in ("distill", "distill_logits") for k in (
         "prompts.n_prompts=4", "sampling.num_samples=2", "sampling.max_new_tokens=32", "select.threshold=0.0",
         "select.verify_steps=false", "train.steps=2", "train.batch_size=4")],
@@ -41,7 +41,8 @@ def test_real_model_pipeline_reduced_budget(tmp_path, real_model_dir):
     rows = {r["stage"]: r for r in out["rows"]}
     assert list(rows) == ["base", "r1_zero", "cold_start_sft", "reasoning_rl", "sft", "final_rl", "distill",
                           "distill_logits"]
-    assert {"accuracy", "format", "steps", "general", "params_m"} <= set(rows["sft"])
+    assert {"accuracy", "format", "steps", "general", "params_m", "language_second", "correct"} <= set(rows["sft"])
+    assert (root / "preference_rm" / "final" / "config.json").is_file()  # final RL's reward model for chat prompts
     assert rows["distill"]["params_m"] < 0.75 * rows["final_rl"]["params_m"]
     student = AutoModelForCausalLM.from_pretrained(root / "distill" / "final")
     assert student.config.num_hidden_layers == 15  # every other layer of 30, the last one kept

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 import alignkit
 from alignkit.config import Section, build_config, to_yaml
@@ -91,6 +91,16 @@ class ColdStartSection(Section):
                                "grounded in the question and reaches the answer (alignkit.rewards.steps)")
 
 
+class SecondLanguageSection(Section):
+    """A share of the word problems asked in a second language (the R1 language-mixing setting)."""
+
+    language: str | None = Field(None, description="ask a share of the word problems in this language (zh) with "
+                                 "its own instruction; the language-consistency reward then judges each completion "
+                                 "against its problem's language (None = every problem in English)")
+    share: float = Field(0.25, ge=0, le=1, description="share of the problems (train and held out) asked in it")
+    prompt_template: str = Field("{question}", description="the instruction around a second-language question")
+
+
 class R1Config(Section):
     name: str = Field("r1", description="run name: stages go to <output_dir>/<name>/<stage>/")
     output_dir: str = Field("runs", description="parent directory")
@@ -104,6 +114,8 @@ class R1Config(Section):
     prompt_template: str = Field("{question}", description="every question the pipeline asks, e.g. the R1-Zero "
                                  "instruction around {question}")
     task_train_prompts: int = Field(4000, gt=0, description="task files: training prompts of the GRPO stages")
+    second_language: SecondLanguageSection = Field(default_factory=SecondLanguageSection,
+                                                   description="task word_problems: a share asked in a second language")
     eval: EvalSection = Field(default_factory=EvalSection, description="evaluation after every stage")
     cold_start: ColdStartSection = Field(default_factory=ColdStartSection, description="cold-start data")
     r1_zero: dict[str, Any] = Field({}, description="GRPO config of stage 1 (model.path is set by the pipeline; "
@@ -116,10 +128,29 @@ class R1Config(Section):
                                                           "arithmetic answers, or the shipped conversational set "
                                                           "(assets/general_chat.jsonl; the report checks it)")
     sft: dict[str, Any] = Field({}, description="SFT config of stage 6")
+    preference_rm: dict[str, Any] | None = Field(None, description="optional: reward-model config (alignkit rm) of "
+                                                 "a Bradley-Terry model trained from the base model on preference "
+                                                 "pairs built from the shipped general chat set; final RL then mixes "
+                                                 "general chat prompts (final_rl_general_share) scored by it")
+    final_rl_general_share: float = Field(0.25, ge=0, lt=1, description="with preference_rm: share of general chat "
+                                          "prompts among final RL's training prompts")
     final_rl: dict[str, Any] = Field({}, description="GRPO config of stage 7")
     distill: dict[str, Any] = Field({}, description="distillation config of stage 8")
     distill_logits: dict[str, Any] | None = Field(None, description="optional stage 9: the same kind of student "
                                                   "trained by logit distillation (mode=logits), for the report's comparison")
+
+    @model_validator(mode="after")
+    def _second_language_needs_word_problems(self):
+        if self.second_language.language is not None:
+            if self.task != "word_problems":
+                raise ValueError(f"second_language.language={self.second_language.language!r} needs task=word_problems "
+                                 f"(the arithmetic task has no words to translate), got task={self.task!r}")
+            from alignkit.data.word_problems import LANGUAGES
+
+            if self.second_language.language not in LANGUAGES:
+                raise ValueError(f"second_language.language={self.second_language.language!r}: word problems are "
+                                 f"written in {', '.join(LANGUAGES)}")
+        return self
 
 
 @dataclass
@@ -133,6 +164,7 @@ class Stage:
     config: Any = None
     deps: list[str] = field(default_factory=list)  # stages whose outputs this one reads
     settings: dict | None = None  # a data stage's settings (a recipe stage's are its config)
+    evaluate: bool = True  # False: its output is not a policy (the preference reward model)
 
 
 def _with(data: dict, **dotted) -> dict:
@@ -168,18 +200,37 @@ class TaskProblem:
     level: int
     ideal: str
     raw: str
+    language: str | None = None  # set when the pipeline asks some problems in a second language
+    kind: str | None = None  # "task" when final RL mixes task and general prompts (reward.when routes on it)
 
     @property
     def fields(self) -> dict:
-        return {"answer": self.answer, "question": self.raw, "level": self.level}
+        extra = {k: v for k, v in (("language", self.language), ("kind", self.kind)) if v is not None}
+        return {"answer": self.answer, "question": self.raw, "level": self.level, **extra}
 
     def record(self) -> dict:
         return {"prompt": self.question, **self.fields}
 
 
 def _wrap(cfg: R1Config, problem, ideal: str) -> TaskProblem:
-    return TaskProblem(cfg.prompt_template.format(question=problem.question), problem.answer_text, problem.level,
-                       ideal, problem.question)
+    second = cfg.second_language.language is not None
+    template = (cfg.second_language.prompt_template if second and getattr(problem, "language", "en") != "en"
+                else cfg.prompt_template)
+    return TaskProblem(template.format(question=problem.question), problem.answer_text, problem.level, ideal,
+                       problem.question, language=getattr(problem, "language", "en") if second else None,
+                       kind="task" if cfg.preference_rm is not None else None)
+
+
+def _in_languages(cfg: R1Config, problems: list, offset: int) -> list:
+    """Word problems with the second-language share asked in it (by absolute index: a problem's language does
+    not depend on how many are drawn)."""
+    lang = cfg.second_language.language
+    if lang is None:
+        return problems
+    from alignkit.data.word_problems import second_language_indices, word_problem_in
+
+    flags = second_language_indices(offset + len(problems), cfg.second_language.share)[offset:]
+    return [word_problem_in(p, lang) if f else p for p, f in zip(problems, flags)]
 
 
 def train_problems(cfg: R1Config, n: int, offset: int = 0) -> list[TaskProblem]:
@@ -187,7 +238,8 @@ def train_problems(cfg: R1Config, n: int, offset: int = 0) -> list[TaskProblem]:
     if cfg.task == "word_problems":
         from alignkit.data.word_problems import word_ideal_trace, word_problem_train_problems
 
-        return [_wrap(cfg, p, word_ideal_trace(p)) for p in word_problem_train_problems(offset + n)[offset:]]
+        drawn = _in_languages(cfg, word_problem_train_problems(offset + n)[offset:], offset)
+        return [_wrap(cfg, p, word_ideal_trace(p)) for p in drawn]
     from alignkit.data import ideal_trace
     from alignkit.evaluation import arithmetic_train_problems
 
@@ -199,7 +251,7 @@ def eval_problems(cfg: R1Config) -> list[TaskProblem]:
     if cfg.task == "word_problems":
         from alignkit.data.word_problems import word_ideal_trace, word_problem_eval_set
 
-        return [_wrap(cfg, p, word_ideal_trace(p)) for p in word_problem_eval_set(cfg.eval.n)]
+        return [_wrap(cfg, p, word_ideal_trace(p)) for p in _in_languages(cfg, word_problem_eval_set(cfg.eval.n), 0)]
     from alignkit.data import ideal_trace
     from alignkit.evaluation import arithmetic_eval_set
 
@@ -208,7 +260,7 @@ def eval_problems(cfg: R1Config) -> list[TaskProblem]:
 
 def uses_task_files(cfg: R1Config) -> bool:
     """The recipes' built-in synthetic prompts are the bare arithmetic task; anything else goes through files."""
-    return cfg.task != "arithmetic" or cfg.prompt_template != "{question}"
+    return cfg.task != "arithmetic" or cfg.prompt_template != "{question}" or cfg.preference_rm is not None
 
 
 def _write_if_changed(rows: list[dict], path: Path) -> str:
@@ -313,6 +365,51 @@ def mixed_sft_data(cfg: R1Config, curated_file: str, out: Path) -> dict:
     return {"data": str(out / "mixed.jsonl"), "counts": {"curated": len(curated), "general": len(general)}}
 
 
+UNHELPFUL = ("I don't know.", "I cannot help with that.", "Please ask someone else.", "That is not something I can answer.")
+
+
+def preference_pairs(rows: list[dict]) -> list[dict]:
+    """Bradley-Terry pairs from general chat rows ({"prompt", "completion"}): the reference reply is preferred
+    over (1) the reply to another prompt (off topic), (2) the same reply inside the R1 reasoning format (the
+    reasoning stages' habit leaking into chat), (3) an unhelpful non-answer. Three pairs per row.
+
+    >>> [p["rejected"] for p in preference_pairs([{"prompt": "Hi?", "completion": "Hello!"},
+    ...                                           {"prompt": "2?", "completion": "Two."}])[:3]]
+    ['Two.', '<think>Hi?</think><answer>Hello!</answer>', "I don't know."]
+    """
+    n = len(rows)
+    pairs = []
+    for i, r in enumerate(rows):
+        other = rows[(i + max(1, n // 2)) % n]["completion"]
+        rejected = [other] if other != r["completion"] else []
+        rejected += [f"<think>{r['prompt']}</think><answer>{r['completion']}</answer>", UNHELPFUL[i % len(UNHELPFUL)]]
+        pairs += [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": x} for x in rejected]
+    return pairs
+
+
+def preference_data(out: Path) -> dict:
+    """The preference reward model's data: pairs from the general chat set's training rows, and held-out pairs
+    from its held-out rows (the report's general prompts)."""
+    from alignkit.data import write_jsonl
+
+    train, held = general_chat_rows()
+    write_jsonl(preference_pairs(train), out / "train.jsonl")
+    write_jsonl(preference_pairs(held), out / "eval.jsonl")
+    return {"train": str(out / "train.jsonl"), "eval": str(out / "eval.jsonl"),
+            "counts": {"train": 3 * len(train), "eval": 3 * len(held)}}
+
+
+def final_rl_rows(cfg: R1Config) -> list[dict]:
+    """Final RL's prompts with a preference reward model: the task's training prompts (kind "task") and
+    general chat prompts (kind "general"), ``final_rl_general_share`` of the total, shuffled (seeded)."""
+    task = [p.record() for p in train_problems(cfg, cfg.task_train_prompts)]
+    chat, _ = general_chat_rows()
+    n_general = round(len(task) * cfg.final_rl_general_share / (1 - cfg.final_rl_general_share))
+    rows = task + [{"prompt": chat[i % len(chat)]["prompt"], "kind": "general"} for i in range(n_general)]
+    random.Random(cfg.seed).shuffle(rows)
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The pipeline
 # ----------------------------------------------------------------------------------------------------------
@@ -337,6 +434,11 @@ def task_wiring(cfg: R1Config, root: Path, *, write: bool = False) -> dict[str, 
         return {}
     from alignkit.recipes import distill, rejection_sampling
 
+    def grpo_config():
+        from alignkit.recipes.grpo import GRPOConfig
+
+        return GRPOConfig
+
     task = root / "task"
 
     def _file(rows: Callable[[], list[dict]], path: Path) -> str:  # rows are built only when written
@@ -346,6 +448,12 @@ def task_wiring(cfg: R1Config, root: Path, *, write: bool = False) -> dict[str, 
                                                   task / "train.jsonl"),
             "data__eval_file": _file(lambda: [p.record() for p in eval_problems(cfg)], task / "eval.jsonl")}
     wiring = {name: grpo for name in ("r1_zero", "reasoning_rl", "final_rl")}
+    if cfg.preference_rm is not None:  # final RL: task and general prompts, each scored by its own rewards
+        weights = build_config(grpo_config(), cfg.final_rl, source="stage final_rl").reward.weights
+        wiring["final_rl"] = {
+            **grpo, "data__train_file": _file(lambda: final_rl_rows(cfg), task / "final_rl.jsonl"),
+            "reward__model": str(root / "preference_rm" / "final"),
+            "reward__when": {**{c: {"kind": "task"} for c in weights}, "model": {"kind": "general"}}}
     for name, cls, base in (("rejection_sampling", rejection_sampling.RejectionSamplingConfig, 10000),
                             ("distill", distill.DistillConfig, 20000), ("distill_logits", distill.DistillConfig, 20000)):
         data = getattr(cfg, name)
@@ -363,7 +471,7 @@ def task_wiring(cfg: R1Config, root: Path, *, write: bool = False) -> dict[str, 
 
 def stages(cfg: R1Config, root: Path) -> list[Stage]:
     """The ordered stages with explicit checkpoint handoff: each names its input and writes final/."""
-    from alignkit.recipes import distill, grpo, rejection_sampling, sft
+    from alignkit.recipes import distill, grpo, rejection_sampling, reward_model, sft
 
     wiring = task_wiring(cfg, root)
 
@@ -425,8 +533,19 @@ def stages(cfg: R1Config, root: Path) -> list[Stage]:
                                             "seed": cfg.seed, "task": cfg.task, "template": cfg.prompt_template}),
         recipe_stage("sft", sft, sft.SFTConfig,
                      _with(cfg.sft, data__train_file=str(root / "sft_data" / "mixed.jsonl")), base, ["sft_data"]),
-        recipe_stage("final_rl", grpo, grpo.GRPOConfig, cfg.final_rl, final("sft"), ["sft"]),
     ]
+    if cfg.preference_rm is not None:  # a trained preference reward model for final RL's general prompts
+        pref = root / "preference_data"
+        plan += [
+            data_stage("preference_data", lambda d: preference_data(d), None, [],
+                       {"rows": hashlib.sha256(json.dumps(general_chat_rows()).encode()).hexdigest()[:16]}),
+            recipe_stage("preference_rm", reward_model, reward_model.RMConfig,
+                         _with(cfg.preference_rm, data__train_file=str(pref / "train.jsonl"),
+                               data__eval_file=str(pref / "eval.jsonl")), base, ["preference_data"]),
+        ]
+        plan[-1].evaluate = False
+    plan.append(recipe_stage("final_rl", grpo, grpo.GRPOConfig, cfg.final_rl, final("sft"),
+                             ["sft"] + (["preference_rm"] if cfg.preference_rm is not None else [])))
     for name in ("distill", "distill_logits"):
         data = getattr(cfg, name)
         if data is None:
@@ -496,6 +615,26 @@ def fingerprint(stage: Stage, root: Path, upstream: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# The report compares each evaluated stage with the model it was trained from (paired, same problems).
+COMPARED_WITH = {"r1_zero": "base", "cold_start_sft": "base", "reasoning_rl": "cold_start_sft", "sft": "base",
+                 "final_rl": "sft", "distill": "final_rl", "distill_logits": "final_rl"}
+
+
+class _Language:
+    """Evaluation column: language consistency against the problem's own language (``only``: the problems asked
+    in that language; None elsewhere, so the mean is over them)."""
+
+    def __init__(self, only: str | None = None):
+        self.only = only
+
+    def __call__(self, completion: str, *, language: str = "en", **_):
+        from alignkit.rewards.language import language_consistency_reward
+
+        if self.only is not None and language != self.only:
+            return None
+        return language_consistency_reward(completion, language=language)
+
+
 class _VerifiedSteps:
     """Evaluation column: the share of completions whose <think> steps all check out, grounded, reaching the answer."""
 
@@ -515,9 +654,16 @@ def evaluate_dir(model_dir: str | None, cfg: R1Config, *, general: bool | None =
 
     path = resolve_model_path(_expand(model_dir))
     model, tokenizer = load_causal_lm(path), load_tokenizer(path)
+    columns = {"steps": (_VerifiedSteps(), 0.0)}
+    second = cfg.second_language.language
+    if second is not None:  # each completion judged against its problem's language; the second one apart
+        columns.update(language=(_Language(), 0.0), language_second=(_Language(only=second), 0.0))
     out = evaluate_model(model, tokenizer, eval_problems(cfg), max_new_tokens=cfg.eval.max_new_tokens,
-                         rewards={"steps": (_VerifiedSteps(), 0.0)})
+                         rewards=columns, per_problem=True)
     out["steps"] = out.pop("reward/steps", 0.0)
+    for key in ("language", "language_second"):
+        if f"reward/{key}" in out:
+            out[key] = out.pop(f"reward/{key}")
     for key in [k for k in out if k.startswith("reward/")]:
         out.pop(key)
     out["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
@@ -552,7 +698,8 @@ def run(cfg: R1Config, *, only: list[str] | None = None) -> dict:
     task_wiring(cfg, root, write=True)  # the prompt files the stages read (task / prompt_template)
     base_eval = root / "base_eval.json"
     base_key = hashlib.sha256(json.dumps({"base": cfg.base_model, "eval": cfg.eval.model_dump(), "task": cfg.task,
-                                          "template": cfg.prompt_template, "general": cfg.general_source},
+                                          "template": cfg.prompt_template, "general": cfg.general_source,
+                                          "second": cfg.second_language.model_dump(), "columns": 2},
                                          sort_keys=True).encode()).hexdigest()[:16]
     if not base_eval.exists() or json.loads(base_eval.read_text()).get("fingerprint") != base_key:
         base_eval.write_text(json.dumps({"stage": "base", **evaluate_dir(cfg.base_model, cfg), "wall_s": 0.0,
@@ -593,12 +740,13 @@ def run(cfg: R1Config, *, only: list[str] | None = None) -> dict:
             except Exception as e:  # noqa: BLE001 -- re-raised with the stage's name
                 raise StageError(f"stage {stage.name} failed: {type(e).__name__}: {e}") from e
             _check_output(stage.name, result)
-            evaluated = evaluate_dir(model_dir, cfg)
+            evaluated = evaluate_dir(model_dir, cfg) if stage.evaluate else {}
             manifest.update(result=result, model=model_dir, eval=evaluated, wall_s=time.perf_counter() - t0,
                             finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
             manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
         if manifest.get("eval"):
-            rows.append({"stage": stage.name, **manifest["eval"], "wall_s": manifest["wall_s"]})
+            rows.append({"stage": stage.name, **manifest["eval"], "wall_s": manifest["wall_s"],
+                         **({"vs": COMPARED_WITH[stage.name]} if stage.name in COMPARED_WITH else {})})
         if only and stage.name == only[-1]:
             break
     write_report(rows, root)

@@ -1,0 +1,90 @@
+"""The R1 report's uncertainty (Wilson intervals, paired differences against the stage's input) and the data
+the pipeline builds for its preference reward model and mixed final RL, checked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from alignkit.pipelines import r1
+from alignkit.pipelines.report import paired_difference, rl_verdicts, table, wilson_interval
+
+
+def test_wilson_interval_by_hand():
+    lo, hi = wilson_interval(30, 100)  # p .3: centre .3 + 1.96^2/200, half 1.96 sqrt(.0021 + 1.96^2/40000)
+    z2 = 1.96 ** 2
+    centre, half = 0.3 + z2 / 200, 1.96 * math.sqrt(0.3 * 0.7 / 100 + z2 / 40000)
+    assert (lo, hi) == pytest.approx(((centre - half) / (1 + z2 / 100), (centre + half) / (1 + z2 / 100)))
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+
+
+def test_paired_difference_by_hand():
+    after, before = [1, 1, 1, 0, 0, 1], [0, 1, 0, 0, 0, 1]  # d = 1,0,1,0,0,0: mean 1/3, sd sqrt(4/15)
+    mean, lo, hi = paired_difference(after, before)
+    half = 1.96 * math.sqrt(4 / 15) / math.sqrt(6)
+    assert (mean, lo, hi) == pytest.approx((1 / 3, 1 / 3 - half, 1 / 3 + half))
+    assert paired_difference([1, 0], [1, 0]) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="equal"):
+        paired_difference([1], [1, 0])
+
+
+def _rows():
+    base = {"stage": "base", "accuracy": 0.1, "correct": [1] + [0] * 9}
+    zero = {"stage": "r1_zero", "accuracy": 0.6, "correct": [1] * 6 + [0] * 4, "vs": "base"}
+    cold = {"stage": "cold_start_sft", "accuracy": 0.5, "correct": [1] * 5 + [0] * 5, "vs": "base"}
+    rl = {"stage": "reasoning_rl", "accuracy": 0.5, "correct": [0] + [1] * 5 + [0] * 4, "vs": "cold_start_sft"}
+    return [base, zero, cold, rl]
+
+
+def test_table_shows_intervals_and_the_change_against_the_input():
+    text = table(_rows())
+    assert "accuracy 95% CI" in text.splitlines()[0]
+    zero_line = next(line for line in text.splitlines() if line.startswith("| r1_zero"))
+    mean, lo, hi = paired_difference([1] * 6 + [0] * 4, [1] + [0] * 9)
+    assert f"{100 * mean:+.1f} ({100 * lo:+.1f}, {100 * hi:+.1f}) vs base" in zero_line
+    assert "+50.0" in zero_line
+
+
+def test_rl_verdicts_name_significant_and_not_significant_changes():
+    lines = rl_verdicts(_rows()).splitlines()
+    assert len(lines) == 2  # the RL stages only
+    assert lines[0].startswith("- r1_zero") and "raises accuracy" in lines[0]
+    assert lines[1].startswith("- reasoning_rl") and "spans 0" in lines[1]  # d = -1, 0, ..., +1: mean 0
+
+
+def test_preference_pairs_prefer_the_reference_reply():
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(4)]
+    pairs = r1.preference_pairs(rows)
+    assert len(pairs) == 12 and all(p["chosen"] == f"a{int(p['prompt'][1])}" for p in pairs)
+    assert [p["rejected"] for p in pairs[:3]] == ["a2", "<think>q0</think><answer>a0</answer>", r1.UNHELPFUL[0]]
+    assert all(p["chosen"] != p["rejected"] for p in pairs)
+
+
+def test_final_rl_rows_mix_general_prompts_at_the_share():
+    cfg = r1.R1Config(task="word_problems", task_train_prompts=30, final_rl_general_share=0.25, preference_rm={})
+    rows = r1.final_rl_rows(cfg)
+    kinds = [r["kind"] for r in rows]
+    assert kinds.count("task") == 30 and kinds.count("general") == 10
+    assert all("answer" in r for r in rows if r["kind"] == "task")
+    assert all("answer" not in r for r in rows if r["kind"] == "general")
+
+
+def test_second_language_needs_word_problems():
+    with pytest.raises(ValueError, match="needs task=word_problems"):
+        r1.R1Config(second_language={"language": "zh"})
+    with pytest.raises(ValueError, match="written in"):
+        r1.R1Config(task="word_problems", second_language={"language": "xx"})
+
+
+def test_second_language_problems_carry_their_language_and_template():
+    cfg = r1.R1Config(task="word_problems", second_language={"language": "zh", "share": 0.5,
+                                                             "prompt_template": "ZH {question}"},
+                      prompt_template="EN {question}")
+    problems = r1.eval_problems(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"n": 8})}))
+    assert [p.language for p in problems] == ["en", "zh"] * 4
+    assert all(p.question.startswith("ZH ") == (p.language == "zh") for p in problems)
+    assert all(p.fields["language"] == p.language for p in problems)
+    # a problem's language does not depend on how many are drawn (absolute index)
+    later = r1.train_problems(cfg, 2, offset=3)
+    assert [p.language for p in later] == [p.language for p in r1.train_problems(cfg, 5)[3:]]
