@@ -202,3 +202,21 @@ def test_second_language_and_a_preference_reward_model_in_final_rl(tmp_path):
     assert reward["when"]["accuracy"] == {"kind": "task"}
     assert (root / "preference_rm" / "final" / "config.json").is_file()
     assert "RL stages against their input" in (root / "report.md").read_text()
+
+
+def test_a_stage_stopped_by_sigterm_stops_the_pipeline_unfinished(tmp_path, monkeypatch, capsys):
+    """A recipe that caught SIGTERM saves a checkpoint and returns ``interrupted``: the pipeline must not take the
+    stage for finished (found in a real run: the next stages ran on an unfinished model)."""
+    cfg = load_config(r1.R1Config, CONFIG, ONE_STEP + [f"output_dir={tmp_path}"])
+    real = r1.stages
+
+    def patched(cfg, root):
+        plan = real(cfg, root)
+        plan[0].run = lambda d: (None, {"interrupted": True, "steps": 0})
+        return plan
+    monkeypatch.setattr(r1, "stages", patched)
+    out = r1.run(cfg)
+    assert out["interrupted"] == "r1_zero"
+    manifest = json.loads((tmp_path / "r1-tiny" / "r1_zero" / "manifest.json").read_text())
+    assert "finished" not in manifest and not (tmp_path / "r1-tiny" / "cold_start_data").exists()
+    assert "rerun the same command to resume it" in capsys.readouterr().out

@@ -12,6 +12,13 @@
   8 distill             the teacher's verified samples train a smaller student
 
   (distill_logits      optional: the same student trained on the teacher's logits, compared in the report)
+  (preference_data,    optional, before final_rl: pairs from the shipped chat set, and a Bradley-Terry reward
+   preference_rm        model on them; final RL then mixes general chat prompts scored by it, reward.when
+                        keeping the task rewards on the problems)
+
+``second_language`` asks a share of the word problems in Chinese (the language reward judges each completion
+against its problem's language). Every evaluation keeps each held-out problem's 0/1 result, so the report
+gives each accuracy a 95% interval and each stage a paired change against its input.
 
 Each stage writes its artifacts and ``manifest.json`` (recipe, resolved config, input checkpoint, code
 version, fingerprint, wall time, held-out evaluation) under ``<output.dir>/<name>/<stage>/``.
@@ -20,7 +27,9 @@ Re-runs. A stage's *fingerprint* hashes its resolved config (run-directory paths
 run, the contents of the data files it reads) and the fingerprints of the stages it consumes. On a re-run a
 finished stage with the same fingerprint is skipped; one whose fingerprint changed is cleared and redone
 ("settings changed: rerunning <stage> (and later stages)"), and so is every stage that consumes a redone
-one. An interrupted stage with unchanged settings resumes from its newest checkpoint.
+one. An interrupted stage with unchanged settings resumes from its newest checkpoint. A SIGTERM inside a
+stage's recipe (which saves a checkpoint and returns) stops the pipeline there, the stage left unfinished:
+it is never taken for a finished stage, and the next run resumes it.
 
 Empty outputs fail in the stage that produced them, naming it and the settings to change (rejection sampling
 that kept nothing, cold-start data with no row); any error in a stage is re-raised as ``StageError`` naming
@@ -739,6 +748,10 @@ def run(cfg: R1Config, *, only: list[str] | None = None) -> dict:
                 raise
             except Exception as e:  # noqa: BLE001 -- re-raised with the stage's name
                 raise StageError(f"stage {stage.name} failed: {type(e).__name__}: {e}") from e
+            if result.get("interrupted"):  # SIGTERM inside the recipe: checkpoint saved, the stage is not done
+                print(f"[r1] {stage.name} was interrupted (SIGTERM) with its checkpoint saved; the pipeline stops "
+                      "here: rerun the same command to resume it")
+                return {"rows": rows, "root": str(root), "interrupted": stage.name}
             _check_output(stage.name, result)
             evaluated = evaluate_dir(model_dir, cfg) if stage.evaluate else {}
             manifest.update(result=result, model=model_dir, eval=evaluated, wall_s=time.perf_counter() - t0,
