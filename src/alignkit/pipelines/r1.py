@@ -401,11 +401,11 @@ def preference_data(out: Path) -> dict:
     from its held-out rows (the report's general prompts)."""
     from alignkit.data import write_jsonl
 
-    train, held = general_chat_rows()
-    write_jsonl(preference_pairs(train), out / "train.jsonl")
-    write_jsonl(preference_pairs(held), out / "eval.jsonl")
+    train, held = (preference_pairs(rows) for rows in general_chat_rows())
+    write_jsonl(train, out / "train.jsonl")
+    write_jsonl(held, out / "eval.jsonl")
     return {"train": str(out / "train.jsonl"), "eval": str(out / "eval.jsonl"),
-            "counts": {"train": 3 * len(train), "eval": 3 * len(held)}}
+            "counts": {"train": len(train), "eval": len(held)}}
 
 
 def final_rl_rows(cfg: R1Config) -> list[dict]:
