@@ -220,3 +220,24 @@ def test_a_stage_stopped_by_sigterm_stops_the_pipeline_unfinished(tmp_path, monk
     manifest = json.loads((tmp_path / "r1-tiny" / "r1_zero" / "manifest.json").read_text())
     assert "finished" not in manifest and not (tmp_path / "r1-tiny" / "cold_start_data").exists()
     assert "rerun the same command to resume it" in capsys.readouterr().out
+
+
+def test_a_second_pipeline_in_the_same_directory_is_refused(tmp_path):
+    """Two pipelines writing one run directory corrupt it (seen in a real run): a live lock refuses the second,
+    a stale one (its process gone) is taken over."""
+    import subprocess
+    import sys
+
+    cfg = load_config(r1.R1Config, CONFIG, ONE_STEP + [f"output_dir={tmp_path}"])
+    root = tmp_path / "r1-tiny"
+    root.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (root / ".lock").write_text(str(other.pid))
+        with pytest.raises(r1.StageError, match=f"another pipeline \\(pid {other.pid}\\) is running"):
+            r1.run(cfg, only=["r1_zero"])
+    finally:
+        other.kill()
+        other.wait()
+    out = r1.run(cfg, only=["r1_zero"])  # its process is gone: the stale lock is taken over
+    assert out["rows"][-1]["stage"] == "r1_zero" and not (root / ".lock").exists()

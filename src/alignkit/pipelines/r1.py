@@ -695,8 +695,46 @@ def general_answer_share(model, tokenizer, rows: list[dict], max_new_tokens: int
     return sum(ok) / max(len(ok), 1)
 
 
+class _RunLock:
+    """One pipeline at a time per run directory: ``<run>/.lock`` holds the running process's pid. A second run
+    while that process is alive is refused (found in a real run: a restarted pipeline cleared and redid the
+    stages an earlier one was still writing); a lock whose process is gone is taken over."""
+
+    def __init__(self, root: Path):
+        self.path = root / ".lock"
+
+    def __enter__(self):
+        import os
+
+        if self.path.exists():
+            try:
+                pid = int(self.path.read_text().strip() or 0)
+                os.kill(pid, 0)  # raises when no such process
+                alive = pid != os.getpid()
+            except (ValueError, ProcessLookupError):
+                alive = False
+            except PermissionError:  # it exists, under another user
+                alive = True
+            if alive:
+                raise StageError(f"another pipeline (pid {pid}) is running in {self.path.parent}; wait for it or "
+                                 f"stop it (kill {pid}) before rerunning, or delete {self.path} if it is not one")
+        self.path.write_text(str(os.getpid()))
+        return self
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
 def run(cfg: R1Config, *, only: list[str] | None = None) -> dict:
-    """Run (or resume) the pipeline; returns the report rows. ``only``: stop after these stages (tests)."""
+    """Run (or resume) the pipeline; returns the report rows. ``only``: stop after these stages (tests). Refused
+    while another process runs the same pipeline directory (``_RunLock``)."""
+    root = Path(cfg.output_dir).expanduser() / cfg.name
+    root.mkdir(parents=True, exist_ok=True)
+    with _RunLock(root):
+        return _run(cfg, only=only)
+
+
+def _run(cfg: R1Config, *, only: list[str] | None = None) -> dict:
     from alignkit.pipelines.report import write_report
 
     seed_everything(cfg.seed)
