@@ -107,15 +107,24 @@ def repetition_collapse(text: str, *, max_period: int = 8, min_repeats: int = 4)
     return False
 
 
+# scripts written without spaces between words: CJK ideographs and punctuation, kana, fullwidth forms, Thai,
+# Lao, Khmer, Myanmar, Tibetan
+_UNSPACED = re.compile("[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef\u0e00-\u0eff\u0f00-\u0fff\u1000-\u109f"
+                       "\u1780-\u17ff]")
+
+
 def gibberish_share(text: str, *, max_word_len: int = 30) -> float:
     """Share of whitespace-separated tokens that look like gibberish (0 if none): no letter or digit
     ("%$#@", "))))" -- a lone punctuation mark of up to 3 characters is fine), longer than max_word_len,
-    or holding U+FFFD (bytes that did not decode).
+    or holding U+FFFD (bytes that did not decode). The length test skips tokens holding characters of a script
+    written without spaces (Chinese, Japanese, Thai...): a whole Chinese sentence is one such token.
 
     >>> gibberish_share("The answer is 42 . ")
     0.0
     >>> gibberish_share("ans ###%% wer \\ufffd\\ufffd")   # 2 of 4
     0.5
+    >>> gibberish_share("<think>首先，24*8=192。然后，192-124=68。</think><answer>68</answer>")
+    0.0
     """
     tokens = text.split()
     if not tokens:
@@ -123,7 +132,8 @@ def gibberish_share(text: str, *, max_word_len: int = 30) -> float:
 
     def bad(tok: str) -> bool:
         no_alnum = not any(c.isalnum() for c in tok) and len(tok) > 3
-        return no_alnum or len(tok) > max_word_len or "\ufffd" in tok
+        too_long = len(tok) > max_word_len and not _UNSPACED.search(tok)
+        return no_alnum or too_long or "\ufffd" in tok
 
     return sum(bad(t) for t in tokens) / len(tokens)
 

@@ -74,6 +74,19 @@ def test_gibberish_share_by_hand():
     assert gibberish_share("caf\ufffd au lait") == pytest.approx(1 / 3)
 
 
+def test_gibberish_share_reads_unspaced_scripts():
+    # a Chinese sentence is one whitespace token of 40+ characters: not gibberish (the real-model R1 run's
+    # second-language completions raised a false "policy is breaking down" alarm at step 1 before this)
+    zh = "<think>首先，24*8=192。然后，192-124=68。</think><answer>68</answer>"
+    assert len(zh.split()) == 1 and len(zh) > 30
+    assert gibberish_share(zh) == 0.0
+    assert gibberish_share("การคำนวณทีละขั้นตอนอย่างระมัดระวังมากที่สุด") == 0.0  # Thai, 40+ characters
+    # a long run of a spaced script is still flagged
+    assert gibberish_share("ok " + "ab" * 20) == 0.5
+    _, warnings = text_health([zh] * 3 + ["First, 3*4=12. Then, 12+5=17."])
+    assert not any("gibberish" in w for w in warnings)
+
+
 def test_text_health_metrics_and_warnings():
     healthy = ["2 + 3 = 5, so the answer is 5.", "First add the tens: 40 + 20 = 60.", "The result is 17."]
     m, w = text_health(healthy)
