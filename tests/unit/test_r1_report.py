@@ -88,3 +88,46 @@ def test_second_language_problems_carry_their_language_and_template():
     # a problem's language does not depend on how many are drawn (absolute index)
     later = r1.train_problems(cfg, 2, offset=3)
     assert [p.language for p in later] == [p.language for p in r1.train_problems(cfg, 5)[3:]]
+
+
+def test_few_shot_exemplars_match_the_question_kind():
+    cfg = r1.R1Config(task="word_problems", second_language={"language": "zh", "share": 0.5})
+    shots = r1.train_problems(cfg, 60)
+    question = r1.train_problems(cfg, 1, offset=61)[0]
+    pool = r1.few_shot_pool(question, shots, 2)
+    assert len(pool) >= 2 and all(e.template == question.template and e.language == question.language for e in pool)
+    assert question.template is not None and "template" not in question.record()  # not a column of the data
+    # too few of the same language: the same template in any language; too few of either: every shot
+    same_template = [e for e in shots if e.template == question.template]
+    one_language = [e for e in same_template if e.language != question.language]
+    assert r1.few_shot_pool(question, one_language, 2) == one_language
+    assert r1.few_shot_pool(question, one_language[:1], 2) == one_language[:1]
+    others = [e for e in shots if e.template != question.template]
+    assert r1.few_shot_pool(question, others, 2) == others
+    # the arithmetic task has no templates: exemplars of the same level
+    arith = r1.R1Config()
+    a_shots = r1.train_problems(arith, 40)
+    a_question = r1.train_problems(arith, 1, offset=41)[0]
+    assert all(e.level == a_question.level for e in r1.few_shot_pool(a_question, a_shots, 2))
+
+
+def test_second_sft_data_can_hold_the_cold_start_data(tmp_path):
+    import json
+
+    sampled, cold = tmp_path / "rs.jsonl", tmp_path / "cold.jsonl"
+    sampled.write_text("".join(json.dumps({"prompt": f"s{i}", "completion": "c"}) + "\n" for i in range(2)))
+    cold.write_text("".join(json.dumps({"prompt": f"k{i}", "completion": "c", "source": "ideal"}) + "\n"
+                            for i in range(6)))
+    cfg = r1.R1Config(general_share=0.2)
+    without = r1.mixed_sft_data(cfg, str(sampled), tmp_path / "a")  # 2 curated -> round(2 * 0.25) = 0 general
+    assert without["counts"] == {"curated": 2, "general": 0}
+    (tmp_path / "b").mkdir()
+    out = r1.mixed_sft_data(cfg, str(sampled), tmp_path / "b", str(cold))
+    assert out["counts"] == {"curated": 2, "cold_start": 6, "general": 2}  # 8 reasoning rows -> 2 general (20%)
+    rows = [json.loads(x) for x in (tmp_path / "b" / "mixed.jsonl").read_text().splitlines()]
+    assert sorted(r["prompt"] for r in rows if r["source"] == "cold_start") == [f"k{i}" for i in range(6)]
+    assert sum(r["source"] == "curated" for r in rows) == 2
+    # the stage consumes the cold-start data: a change there redoes the second SFT's data
+    plan = {s.name: s for s in r1.stages(r1.R1Config(sft_with_cold_start=True), tmp_path / "run")}
+    assert "cold_start_data" in plan["sft_data"].deps
+    assert "cold_start_data" not in {s.name: s for s in r1.stages(cfg, tmp_path / "run")}["sft_data"].deps

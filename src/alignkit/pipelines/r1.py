@@ -92,6 +92,9 @@ class ColdStartSection(Section):
     n_zero_prompts: int = Field(300, ge=0, description="prompts answered by the R1-Zero model; verified, readable ones kept")
     n_few_shot: int = Field(100, ge=0, description="prompts answered by the base model after ideal exemplars; verified ones kept")
     few_shot_exemplars: int = Field(3, ge=1, description="ideal exemplars put in each few-shot prompt")
+    few_shot_match: bool = Field(True, description="exemplars of the question's own kind: the same word-problem "
+                                 "template (arithmetic: level) and language, where the pool has enough; on "
+                                 "SmolLM2-135M this took the verified few-shot rows from 1 in 128 samples to 2 in 64")
     few_shot_max_prompt_length: int = Field(512, gt=0, description="longest few-shot prompt in tokens (longer ones are dropped)")
     zero_sampling: SamplingFields = Field(default_factory=SamplingFields, description="sampling of the R1-Zero model")
     few_shot_sampling: SamplingFields = Field(default_factory=SamplingFields, description="sampling of the few-shot base model")
@@ -136,6 +139,10 @@ class R1Config(Section):
     general_source: Literal["arithmetic", "chat"] = Field("arithmetic", description="stage 6's general data: plain "
                                                           "arithmetic answers, or the shipped conversational set "
                                                           "(assets/general_chat.jsonl; the report checks it)")
+    sft_with_cold_start: bool = Field(False, description="stage 6's reasoning data also holds the cold-start data "
+                                      "(ideal traces and kept samples) beside the rejection-sampled rows: where the "
+                                      "reasoning model passes few verified samples (16 of 384 on SmolLM2-135M) the "
+                                      "second SFT otherwise learns from almost nothing")
     sft: dict[str, Any] = Field({}, description="SFT config of stage 6")
     preference_rm: dict[str, Any] | None = Field(None, description="optional: reward-model config (alignkit rm) of "
                                                  "a Bradley-Terry model trained from the base model on preference "
@@ -211,6 +218,7 @@ class TaskProblem:
     raw: str
     language: str | None = None  # set when the pipeline asks some problems in a second language
     kind: str | None = None  # "task" when final RL mixes task and general prompts (reward.when routes on it)
+    template: str | None = None  # the word-problem template ("apples", ...); not a column of the records
 
     @property
     def fields(self) -> dict:
@@ -227,7 +235,8 @@ def _wrap(cfg: R1Config, problem, ideal: str) -> TaskProblem:
                 else cfg.prompt_template)
     return TaskProblem(template.format(question=problem.question), problem.answer_text, problem.level, ideal,
                        problem.question, language=getattr(problem, "language", "en") if second else None,
-                       kind="task" if cfg.preference_rm is not None else None)
+                       kind="task" if cfg.preference_rm is not None else None,
+                       template=getattr(problem, "template", None))
 
 
 def _in_languages(cfg: R1Config, problems: list, offset: int) -> list:
@@ -330,8 +339,8 @@ def cold_start_data(cfg: R1Config, zero_model: str, out: Path) -> dict:
         shots = problems[:cs.n_ideal] or problems
         rows = []
         for p in problems[cs.n_ideal:cs.n_ideal + cs.n_few_shot]:
-            chat = []
-            for e in rng.sample(shots, min(cs.few_shot_exemplars, len(shots))):
+            chat, pool = [], few_shot_pool(p, shots, cs.few_shot_exemplars) if cs.few_shot_match else shots
+            for e in rng.sample(pool, min(cs.few_shot_exemplars, len(pool))):
                 chat += [{"role": "user", "content": e.question}, {"role": "assistant", "content": e.ideal}]
             rows.append({**p.record(), "prompt": chat + [{"role": "user", "content": p.question}], "asked": p.question})
         kept = _sample_verified(cfg, cfg.base_model, rows, cs.few_shot_sampling, out, "few_shot_samples",
@@ -351,15 +360,30 @@ def cold_start_data(cfg: R1Config, zero_model: str, out: Path) -> dict:
     return {"data": str(out / "data.jsonl"), "counts": counts}
 
 
-def mixed_sft_data(cfg: R1Config, curated_file: str, out: Path) -> dict:
+def few_shot_pool(problem: TaskProblem, shots: list[TaskProblem], k: int) -> list[TaskProblem]:
+    """Exemplars of ``problem``'s kind: the same template (or, without one, level) and language; the same
+    template in any language when fewer than ``k`` match both; every shot when fewer than ``k`` match either."""
+    kind = (lambda e: e.template == problem.template) if problem.template is not None else (
+        lambda e: e.level == problem.level)
+    for pool in ([e for e in shots if kind(e) and e.language == problem.language], [e for e in shots if kind(e)]):
+        if len(pool) >= k:
+            return pool
+    return shots
+
+
+def mixed_sft_data(cfg: R1Config, curated_file: str, out: Path, cold_start_file: str | None = None) -> dict:
     """Curated reasoning data mixed with general data, ``general_share`` of the total: plain arithmetic answers
-    (``general_source: arithmetic``) or the shipped conversational set, repeated as needed (``chat``)."""
+    (``general_source: arithmetic``) or the shipped conversational set, repeated as needed (``chat``).
+    ``cold_start_file`` (``sft_with_cold_start``): its rows join the curated reasoning data."""
     from alignkit.data import write_jsonl
 
     curated = [json.loads(x) for x in Path(curated_file).read_text().splitlines()] if Path(curated_file).exists() else []
     if not curated:
         raise StageError(f"stage sft_data: the rejection-sampling data {curated_file} has no row; lower "
                          "rejection_sampling.select.threshold or raise rejection_sampling.sampling.num_samples")
+    n_sampled = len(curated)
+    if cold_start_file is not None:
+        curated += [json.loads(x) for x in Path(cold_start_file).read_text().splitlines()]
     n_general = round(len(curated) * cfg.general_share / (1 - cfg.general_share))
     if cfg.general_source == "chat":
         chat, _ = general_chat_rows()
@@ -368,10 +392,13 @@ def mixed_sft_data(cfg: R1Config, curated_file: str, out: Path) -> dict:
     else:
         general = [{"prompt": p.question, "completion": f"{p.raw}={p.answer}", "source": "general"}
                    for p in train_problems(cfg, n_general, offset=20000)]
-    rows = [{"prompt": r["prompt"], "completion": r["completion"], "source": "curated"} for r in curated] + general
+    rows = [{"prompt": r["prompt"], "completion": r["completion"], "source": "curated" if i < n_sampled else "cold_start"}
+            for i, r in enumerate(curated)] + general
     random.Random(cfg.seed).shuffle(rows)
     write_jsonl(rows, out / "mixed.jsonl")
-    return {"data": str(out / "mixed.jsonl"), "counts": {"curated": len(curated), "general": len(general)}}
+    counts = {"curated": n_sampled, **({"cold_start": len(curated) - n_sampled} if cold_start_file else {}),
+              "general": len(general)}
+    return {"data": str(out / "mixed.jsonl"), "counts": counts}
 
 
 UNHELPFUL = ("I don't know.", "I cannot help with that.", "Please ask someone else.", "That is not something I can answer.")
@@ -524,6 +551,7 @@ def stages(cfg: R1Config, root: Path) -> list[Stage]:
         return {"student__path": str(init)}, lambda d: derive_student(final("final_rl"), init, keep_every=keep)
 
     rs_dir = root / "rejection_sampling" / "run"
+    cold_file = str(root / "cold_start_data" / "data.jsonl") if cfg.sft_with_cold_start else None
     base = _expand(cfg.base_model)
     cold_settings = {"cold_start": cfg.cold_start.model_dump(), "seed": cfg.seed, "task": cfg.task,
                      "template": cfg.prompt_template, "levels": cfg.eval.levels, "base_model": base}
@@ -537,9 +565,11 @@ def stages(cfg: R1Config, root: Path) -> list[Stage]:
         recipe_stage("reasoning_rl", grpo, grpo.GRPOConfig, cfg.reasoning_rl, final("cold_start_sft"), ["cold_start_sft"]),
         recipe_stage("rejection_sampling", rejection_sampling, rejection_sampling.RejectionSamplingConfig,
                      cfg.rejection_sampling, final("reasoning_rl"), ["reasoning_rl"]),
-        data_stage("sft_data", lambda d: mixed_sft_data(cfg, str(rs_dir / "data.jsonl"), d), str(rs_dir / "data.jsonl"),
-                   ["rejection_sampling"], {"general_share": cfg.general_share, "general_source": cfg.general_source,
-                                            "seed": cfg.seed, "task": cfg.task, "template": cfg.prompt_template}),
+        data_stage("sft_data", lambda d: mixed_sft_data(cfg, str(rs_dir / "data.jsonl"), d, cold_file),
+                   str(rs_dir / "data.jsonl"), ["rejection_sampling"] + (["cold_start_data"] if cold_file else []),
+                   {"general_share": cfg.general_share, "general_source": cfg.general_source, "seed": cfg.seed,
+                    "task": cfg.task, "template": cfg.prompt_template,
+                    **({"with_cold_start": True} if cold_file else {})}),
         recipe_stage("sft", sft, sft.SFTConfig,
                      _with(cfg.sft, data__train_file=str(root / "sft_data" / "mixed.jsonl")), base, ["sft_data"]),
     ]
