@@ -131,3 +131,22 @@ def test_second_sft_data_can_hold_the_cold_start_data(tmp_path):
     plan = {s.name: s for s in r1.stages(r1.R1Config(sft_with_cold_start=True), tmp_path / "run")}
     assert "cold_start_data" in plan["sft_data"].deps
     assert "cold_start_data" not in {s.name: s for s in r1.stages(cfg, tmp_path / "run")}["sft_data"].deps
+
+
+def test_trace_share_gives_some_second_language_problems_english_traces(tmp_path):
+    cfg = r1.R1Config(task="word_problems", second_language={"language": "zh", "share": 0.25, "trace_share": 0.5})
+    problems = r1.train_problems(cfg, 80)
+    zh = [p for p in problems if p.language == "zh"]
+    english = [p for p in zh if p.ideal.startswith("<think>First,")]
+    assert len(zh) == 20 and len(english) == 10  # half of the 20 Chinese problems think in English
+    assert all(p.ideal.startswith("<think>首先，") for p in zh if p not in english)
+    assert all(p.ideal.startswith("<think>First,") for p in problems if p.language == "en")
+    # the same problem gets the same trace however many are drawn, and the answer/steps do not change
+    assert [p.ideal for p in r1.train_problems(cfg, 30, offset=50)] == [p.ideal for p in problems[50:]]
+    full = r1.train_problems(cfg.model_copy(update={"second_language": cfg.second_language.model_copy(
+        update={"trace_share": 1.0})}), 80)
+    assert [p.question for p in full] == [p.question for p in problems]
+    assert all(a.ideal.split("<answer>")[1] == b.ideal.split("<answer>")[1] for a, b in zip(full, problems))
+    # and it is part of the cold-start data's settings: changing it redoes that stage
+    plan = {s.name: s for s in r1.stages(cfg, tmp_path)}
+    assert plan["cold_start_data"].settings["second"]["trace_share"] == 0.5

@@ -47,7 +47,9 @@ stage (and, with ``general_source: chat``, the share of held-out general prompts
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import json
 import random
 import shutil
@@ -110,6 +112,10 @@ class SecondLanguageSection(Section):
                                  "its own instruction; the language-consistency reward then judges each completion "
                                  "against its problem's language (None = every problem in English)")
     share: float = Field(0.25, ge=0, le=1, description="share of the problems (train and held out) asked in it")
+    trace_share: float = Field(1.0, ge=0, le=1, description="share of the second-language problems whose ideal "
+                               "cold-start trace thinks in that language; the others think in English, as data from "
+                               "an English-centric teacher would -- the cold-start model then mixes languages and "
+                               "the language reward has something to correct")
     prompt_template: str = Field("{question}", description="the instruction around a second-language question")
 
 
@@ -251,13 +257,30 @@ def _in_languages(cfg: R1Config, problems: list, offset: int) -> list:
     return [word_problem_in(p, lang) if f else p for p, f in zip(problems, flags)]
 
 
+def _english_traces(cfg: R1Config, offset: int, n: int) -> list[bool]:
+    """Which training problems ``offset .. offset + n`` are second-language problems whose ideal trace thinks in
+    English (``second_language.trace_share``): by the problem's rank among the second-language problems, so
+    that it does not depend on how many are drawn."""
+    sl = cfg.second_language
+    if sl.language is None or sl.trace_share >= 1.0:
+        return [False] * n
+    from alignkit.data.word_problems import second_language_indices
+
+    flags = second_language_indices(offset + n, sl.share)
+    in_language = second_language_indices(sum(flags), sl.trace_share)
+    rank = list(itertools.accumulate(flags, initial=0))  # second-language problems before index i
+    return [flags[i] and not in_language[rank[i]] for i in range(offset, offset + n)]
+
+
 def train_problems(cfg: R1Config, n: int, offset: int = 0) -> list[TaskProblem]:
     """Training problems ``offset .. offset + n`` of the task (never a held-out question)."""
     if cfg.task == "word_problems":
         from alignkit.data.word_problems import word_ideal_trace, word_problem_train_problems
 
         drawn = _in_languages(cfg, word_problem_train_problems(offset + n)[offset:], offset)
-        return [_wrap(cfg, p, word_ideal_trace(p)) for p in drawn]
+        english = _english_traces(cfg, offset, n)
+        return [_wrap(cfg, p, word_ideal_trace(dataclasses.replace(p, language="en") if e else p))
+                for p, e in zip(drawn, english)]
     from alignkit.data import ideal_trace
     from alignkit.evaluation import arithmetic_train_problems
 
@@ -554,7 +577,8 @@ def stages(cfg: R1Config, root: Path) -> list[Stage]:
     cold_file = str(root / "cold_start_data" / "data.jsonl") if cfg.sft_with_cold_start else None
     base = _expand(cfg.base_model)
     cold_settings = {"cold_start": cfg.cold_start.model_dump(), "seed": cfg.seed, "task": cfg.task,
-                     "template": cfg.prompt_template, "levels": cfg.eval.levels, "base_model": base}
+                     "template": cfg.prompt_template, "levels": cfg.eval.levels, "base_model": base,
+                     **({"second": cfg.second_language.model_dump()} if cfg.second_language.language else {})}
     plan = [
         recipe_stage("r1_zero", grpo, grpo.GRPOConfig, cfg.r1_zero, base, [], strict_accuracy=True),
         data_stage("cold_start_data", lambda d: cold_start_data(cfg, final("r1_zero"), d), final("r1_zero"),
