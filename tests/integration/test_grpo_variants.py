@@ -39,7 +39,8 @@ def test_dynamic_sampling_fills_the_batch_with_informative_groups(tmp_path, monk
         return real(lp, old, ref, adv, mask, **kw)
 
     monkeypatch.setattr(grpo, "grpo_loss", spy)
-    grpo.run(cfg_for(tmp_path, "ds", "train.steps=2", "rollout.dynamic_sampling=true", "rollout.max_extra_draws=5"))
+    grpo.run(cfg_for(tmp_path, "ds", "train.steps=2", "rollout.dynamic_sampling=true", "rollout.max_extra_draws=5",
+                     "loss.skip_zero_advantage_rows=false"))  # the loss sees whole groups
     logged = rows(tmp_path / "ds")[1:]
     for row in logged:
         assert row["dynamic_sampling/draws"] >= 1
@@ -77,7 +78,8 @@ def test_overlong_mask_leaves_truncated_completions_out_of_the_loss(tmp_path, mo
     monkeypatch.setattr(grpo, "merge_rollouts", merge)
     monkeypatch.setattr(grpo, "grpo_loss", loss)
     # 6 new tokens: some completions end, many are cut (the R1 trace is longer)
-    grpo.run(cfg_for(tmp_path, "mask", "train.steps=1", "rollout.max_new_tokens=6", "rollout.overlong_mask=true"))
+    grpo.run(cfg_for(tmp_path, "mask", "train.steps=1", "rollout.max_new_tokens=6", "rollout.overlong_mask=true",
+                     "loss.skip_zero_advantage_rows=false"))  # the loss sees every row
     cut = torch.tensor([f == "length" for f in seen["batch"].finish_reasons])
     assert cut.any()
     assert (seen["mask"][cut].sum(-1) == 0).all()
@@ -176,7 +178,8 @@ def test_kl_in_reward_with_beta_0_is_the_sequence_level_update(tmp_path, monkeyp
     monkeypatch.setattr(alignkit.rollout, "generate", functools.partial(real_generate, ignore_eos=True))
     monkeypatch.setattr(grpo, "merge_rollouts", merge)
     monkeypatch.setattr(grpo, "grpo_loss", loss)
-    same = ["train.steps=1", "loss.mu=2", "rollout.max_new_tokens=8", "loss.advantages=reinforce_pp", "loss.beta=0"]
+    same = ["train.steps=1", "loss.mu=2", "rollout.max_new_tokens=8", "loss.advantages=reinforce_pp", "loss.beta=0",
+            "loss.skip_zero_advantage_rows=false"]  # the loss sees every row, as with kl_in_reward
     for name, extra in (("seq", []), ("tok", ["loss.kl_in_reward=true"])):
         grpo.run(cfg_for(tmp_path, name, *same, *extra))
     assert all((b.response_mask.sum(-1) == 8).all() for b in seen)
