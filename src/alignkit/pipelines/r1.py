@@ -800,7 +800,7 @@ def _run(cfg: R1Config, *, only: list[str] | None = None) -> dict:
     base_eval = root / "base_eval.json"
     base_key = hashlib.sha256(json.dumps({"base": cfg.base_model, "eval": cfg.eval.model_dump(), "task": cfg.task,
                                           "template": cfg.prompt_template, "general": cfg.general_source,
-                                          "second": cfg.second_language.model_dump(), "columns": 2},
+                                          "second": cfg.second_language.model_dump(exclude={"trace_share"}), "columns": 2},
                                          sort_keys=True).encode()).hexdigest()[:16]
     if not base_eval.exists() or json.loads(base_eval.read_text()).get("fingerprint") != base_key:
         base_eval.write_text(json.dumps({"stage": "base", **evaluate_dir(cfg.base_model, cfg), "wall_s": 0.0,
