@@ -378,7 +378,7 @@ def cold_start_data(cfg: R1Config, zero_model: str, out: Path) -> dict:
         if asked and not counts.get(source):
             print(f"[r1] cold_start_data: the {source} source kept no row of {asked} prompts (format, answer and "
                   f"steps verified); raise cold_start.{'zero' if source == 'r1_zero' else 'few_shot'}_sampling."
-                  "num_samples or max_new_tokens to keep some")
+                  "num_samples or max_new_tokens to keep some", flush=True)
     write_jsonl(records, out / "data.jsonl")
     return {"data": str(out / "data.jsonl"), "counts": counts}
 
@@ -816,16 +816,16 @@ def _run(cfg: R1Config, *, only: list[str] | None = None) -> dict:
         changed_inputs = [d for d in stage.deps if d in redone]
         same = manifest.get("fingerprint") == key
         if manifest.get("finished") and same and not changed_inputs:
-            print(f"[r1] {stage.name}: done earlier, skipped")
+            print(f"[r1] {stage.name}: done earlier, skipped", flush=True)
         else:
             if manifest and not same:
-                print(f"[r1] settings changed: rerunning {stage.name} (and later stages)")
+                print(f"[r1] settings changed: rerunning {stage.name} (and later stages)", flush=True)
             elif manifest.get("finished"):
-                print(f"[r1] {', '.join(changed_inputs)} was redone: rerunning {stage.name} (and later stages)")
+                print(f"[r1] {', '.join(changed_inputs)} was redone: rerunning {stage.name} (and later stages)", flush=True)
             if stage_dir.exists() and (manifest.get("finished") or not same):
                 shutil.rmtree(stage_dir)  # outputs and checkpoints of other settings: never resumed from
             redone.add(stage.name)
-            print(f"[r1] {stage.name} ({stage.recipe}) <- {stage.input}")
+            print(f"[r1] {stage.name} ({stage.recipe}) <- {stage.input}", flush=True)
             stage_dir.mkdir(parents=True, exist_ok=True)
             manifest = {"stage": stage.name, "recipe": stage.recipe, "input": stage.input, "code": code_version(),
                         "fingerprint": key, "inputs": {d: prints.get(d) for d in stage.deps},
@@ -842,7 +842,7 @@ def _run(cfg: R1Config, *, only: list[str] | None = None) -> dict:
                 raise StageError(f"stage {stage.name} failed: {type(e).__name__}: {e}") from e
             if result.get("interrupted"):  # SIGTERM inside the recipe: checkpoint saved, the stage is not done
                 print(f"[r1] {stage.name} was interrupted (SIGTERM) with its checkpoint saved; the pipeline stops "
-                      "here: rerun the same command to resume it")
+                      "here: rerun the same command to resume it", flush=True)
                 return {"rows": rows, "root": str(root), "interrupted": stage.name}
             _check_output(stage.name, result)
             evaluated = evaluate_dir(model_dir, cfg) if stage.evaluate else {}
