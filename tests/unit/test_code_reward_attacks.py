@@ -259,3 +259,25 @@ def test_code_reward_is_thread_safe():
     for t in threads:
         t.join()
     assert [out[i] for i in range(len(codes))] == [1.0, 0.0, 0.75] * 3
+
+
+def test_a_data_row_cannot_set_the_code_rewards_config_only_options():
+    # the registry lets a row field override a reward option of the same name; for the code reward's ceilings
+    # and isolation policy that would let a dataset column weaken the sandbox: the sample is refused instead
+    from alignkit.rewards.registry import build_rewards, score_batch
+
+    rewards = build_rewards({"code": 1.0}, {"code": {"allow_weak_isolation": True}})
+    rows = [{"tests": TESTS, "allow_weak_isolation": True}, {"tests": TESTS, "max_timeout_s": 1000},
+            {"tests": TESTS, "statement_tests": "weak"}]
+    out = score_batch([CORRECT] * 3, rows, rewards, success_key="code")
+    assert all(s.total is None and s.failed == "code" for s in out)
+    assert "allow_weak_isolation" in out[0].error and "reward options" in out[0].error
+    assert "max_timeout_s" in out[1].error and "statement_tests" in out[2].error
+
+    def batched(prompts, completions, **columns):  # a TRL-style function that declares the attribute
+        return [1.0] * len(completions)
+
+    batched.config_only = frozenset({"ceiling"})
+    refused = score_batch(["a", "b"], [{"ceiling": 1}, {"ceiling": 2}], {"b": (batched, 1.0)}, success_key="b")
+    assert all(s.total is None and "ceiling" in s.error for s in refused)
+    assert [s.total for s in score_batch(["a"], [{"other": 1}], {"b": (batched, 1.0)}, success_key="b")] == [1.0]

@@ -32,8 +32,8 @@ options allow: above ``max_timeout_s``/``max_memory_mb`` (reward options, themse
 ``HARD_MAX_TIMEOUT_S``/``HARD_MAX_MEMORY_MB``) the sample is refused. A sandbox with weak isolation on this
 machine (``sandbox_setup().weaknesses()``: no root, no namespaces, no seccomp) is refused, naming what it gives
 up, unless ``allow_weak_isolation=True`` (reward option ``{code: {allow_weak_isolation: true}}``). The
-registry lets a row field override a reward option of the same name: the keys in
-``code_reward.config_only`` belong in the reward options, never in data rows. ``code_reward`` is thread-safe
+registry lets a row field override a reward option of the same name, but refuses a row that holds a key of
+``code_reward.config_only``: those come from the reward options, never from data rows. ``code_reward`` is thread-safe
 (``score_batch`` runs it in worker threads).
 """
 
@@ -185,6 +185,6 @@ def code_reward(completion: str, *, tests: Sequence[str] | str, timeout_s: float
 
 
 # Options that must come from the reward options, not a data row (the registry lets a row field override a
-# reward option of the same name; a scorer that honours this attribute keeps rows away from these).
+# reward option of the same name, and refuses a row that holds one of these).
 code_reward.sandboxed = True  # waits on a subprocess: a scorer may run it in worker threads
 code_reward.config_only = frozenset({"max_timeout_s", "max_memory_mb", "allow_weak_isolation", "statement_tests"})

@@ -60,6 +60,7 @@ import numpy as np
 from alignkit.rewards.accuracy import accuracy_reward, digit_match_reward
 from alignkit.rewards.code import code_reward
 from alignkit.rewards.combine import combine
+from alignkit.rewards.errors import RewardError
 from alignkit.rewards.format import format_reward, format_reward_soft
 from alignkit.rewards.language import language_consistency_reward
 from alignkit.rewards.length import length_penalty
@@ -313,8 +314,28 @@ def _check(value: object) -> float | None | BaseException:
     return value
 
 
+def _config_only(fn: RewardFn) -> frozenset:
+    """The keyword arguments ``fn`` takes only from the reward options (its ``config_only`` attribute: the code
+    reward's ceilings and isolation policy), through ``OnlyWhen`` and ``functools.partial``."""
+    fn = _unwrap(fn)
+    return frozenset(getattr(getattr(fn, "func", fn), "config_only", ()))
+
+
+def _row_sets_config_only(fn: RewardFn, keys) -> BaseException | None:
+    """A data row's field named like a config-only option would override it (a field wins over an option of the
+    same name): refused, naming the fields, instead of letting a row raise a ceiling or weaken the sandbox."""
+    blocked = sorted(_config_only(fn) & set(keys))
+    if not blocked:
+        return None
+    return RewardError(f"the data row sets {', '.join(blocked)}: for this reward those come only from the reward "
+                       "options (reward.options), never from a row; rename or drop the column")
+
+
 def _call(fn: RewardFn, completion: str, example: Mapping[str, object], extras: Mapping[str, object]
           ) -> float | None | BaseException:
+    refused = _row_sets_config_only(fn, example)
+    if refused is not None:
+        return refused
     try:
         value = fn(completion, **{**example, **extras})
     except Exception as e:  # a verifier failure or a bug in a user reward: counted, never a 0
@@ -333,6 +354,9 @@ def _call_batched(fn: RewardFn, completions: Sequence[str], examples: Sequence[M
     given = [[{"role": "assistant", "content": c}] for c in completions] if conversational else list(completions)
     ids = {"completion_ids": None if completion_ids is None else list(completion_ids)}
     found = _parameters(fn)
+    refused = _row_sets_config_only(fn, columns)
+    if refused is not None:
+        return [refused] * n
     try:
         values = fn(**_accepted(found, columns), **_accepted(found, ids), prompts=list(prompts), completions=given)
         if hasattr(values, "tolist"):
