@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from alignkit.models import build_tiny
-from alignkit.models.decoder import FastDecoder
+from alignkit.models.decoder import FastDecoder, length_buckets
 from alignkit.rollout import generate
 from alignkit.rollout.native import left_pad
 
@@ -43,9 +43,10 @@ def with_lora(model, *, targets="all-linear", seed=0):
     return lora
 
 
+@pytest.mark.parametrize("buckets", ["one", "per_length"])
 @pytest.mark.parametrize("lora", [None, "merged", "unmerged", "q_v_only"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_prefill_and_steps_equal_model_forward(case, lora):
+def test_prefill_and_steps_equal_model_forward(case, lora, buckets):
     model, _ = build_tiny(**CASES[case])
     model = _randomize_norms(model)
     if lora is not None:
@@ -57,7 +58,13 @@ def test_prefill_and_steps_equal_model_forward(case, lora):
     decoder = FastDecoder(model, ids.shape[1] + steps, merge_lora=None if lora is None else lora != "unmerged")
     g = torch.Generator().manual_seed(1)
     with torch.inference_mode():
-        logits = decoder.prefill(ids, mask, positions, repeats=group)
+        # per_length: every prompt length its own bucket (3 widths below the padded one, NaN-filled cache first)
+        if buckets == "per_length":
+            decoder.prefill(ids, mask, positions, repeats=group)
+            for cache in (*decoder.keys, *decoder.values):
+                cache.fill_(float("nan"))  # the next prefill must not read stale or uninitialized columns
+        logits = decoder.prefill(ids, mask, positions, repeats=group,
+                                 bucket_overhead=None if buckets == "one" else 0)
         ref = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
         torch.testing.assert_close(logits, ref, atol=1e-5, rtol=0)
         seq = ids.repeat_interleave(group, 0)
@@ -72,6 +79,27 @@ def test_prefill_and_steps_equal_model_forward(case, lora):
             ref = model(input_ids=seq, attention_mask=seq_mask, position_ids=full_pos).logits[:, -1]
             torch.testing.assert_close(logits, ref, atol=1e-5, rtol=0)
             next_pos = next_pos + 1
+
+
+def test_length_buckets_minimize_the_padded_cost():
+    """The dynamic program against every split of the sorted rows into contiguous runs (its naive form)."""
+    import itertools
+    import random
+
+    rnd = random.Random(0)
+    for _ in range(200):
+        lengths = [rnd.randint(1, 40) for _ in range(rnd.randint(1, 7))]
+        overhead = rnd.choice([0, 5, 30, 1000])
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+
+        def cost(buckets, lengths=lengths, overhead=overhead):
+            return sum(len(b) * max(lengths[i] for i in b) + overhead for b in buckets)
+
+        best = min(cost([order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)))])
+                   for k in range(len(order)) for cuts in itertools.combinations(range(1, len(order)), k))
+        got = length_buckets(lengths, overhead)
+        assert sorted(i for b in got for i in b) == list(range(len(lengths)))
+        assert cost(got) == best
 
 
 def test_select_keeps_the_chosen_rows():

@@ -45,6 +45,35 @@ import torch.nn.functional as F
 from torch import nn
 
 SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+PREFILL_BUCKET_OVERHEAD = 128  # a prefill bucket's fixed cost, in token positions (per-call work of 30 layers)
+
+
+def length_buckets(lengths: list[int], overhead: int) -> list[list[int]]:
+    """Rows grouped into buckets of similar length for a left-padded prefill: a bucket computes
+    len(bucket) * max(its lengths) positions, and each bucket costs ``overhead`` positions more.
+    Returns the buckets (row indices, ascending length) minimizing sum(len(b) * max(b) + overhead) over
+    splits of the length-sorted rows into contiguous runs (exact: a dynamic program, O(N^2)).
+
+    >>> length_buckets([5, 100, 6, 98], 10)  # 2 * 6 + 2 * 100 + 20 = 232 < 4 * 100 + 10
+    [[0, 2], [3, 1]]
+    >>> length_buckets([5, 100, 6, 98], 1000)
+    [[0, 2, 3, 1]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j sorted rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        top = lengths[order[j - 1]]
+        for i in range(j):
+            cost = best[i] + (j - i) * top + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    out, j = [], n
+    while j > 0:
+        out.append(order[cut[j]:j])
+        j = cut[j]
+    return out[::-1]
 
 
 class FastDecoder:
@@ -181,16 +210,17 @@ class FastDecoder:
         return out if lora is None else out.addmm_(h @ lora[0], lora[1])
 
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                 repeats: int = 1) -> torch.Tensor:
+                 repeats: int = 1, rows: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
         """input_ids [A, T], positions [A, T] (rotary positions), mask [A, 1, T, L + T] additive.
 
         Writes the T new keys/values at cache columns [L, L + T) and returns the last position's hidden
         state [A, hidden] (before the final norm). Prefill (L = 0) attends to its own keys/values and writes
-        each row's into `repeats` consecutive cache rows (the cache holds A * repeats rows)."""
+        each row's into `repeats` consecutive cache rows (the cache holds N * repeats rows), at columns
+        [offset, offset + T) of prompts `rows` [A] (None: all N = A prompts)."""
         a, t = input_ids.shape
         h_, kv, d = self.heads, self.kv_heads, self.head_dim
         rep, start, end = h_ // kv, self.length, self.length + t
-        if end > self.capacity:
+        if (offset + t if start == 0 else end) > self.capacity:
             raise RuntimeError(f"KV cache capacity {self.capacity} exceeded")
         rope = self.rope[positions][:, :, None, :]  # [A, T, 1, d/2]
         mask = mask.expand(a, kv * rep, t, end).reshape(a * kv, rep * t, end)  # [A*KV, rep*T, L+T]
@@ -203,9 +233,10 @@ class FastDecoder:
             new_k = qk[:, :, h_:].reshape(a, t, kv, d).transpose(1, 2)  # [A, KV, T, d]
             new_v = qkv[:, (h_ + kv) * d:].reshape(a, t, kv, d).transpose(1, 2)
             if start == 0:  # prefill: attend to the new keys; fill each row's `repeats` cache rows at once
-                cache_shape = (a, repeats, kv, self.capacity, d)
-                self.keys[i].view(cache_shape)[:, :, :, :end] = new_k[:, None]
-                self.values[i].view(cache_shape)[:, :, :, :end] = new_v[:, None]
+                cache_shape = (self.keys[i].shape[0] // repeats, repeats, kv, self.capacity, d)
+                where = (slice(None) if rows is None else rows, slice(None), slice(None), slice(offset, offset + t))
+                self.keys[i].view(cache_shape)[where] = new_k[:, None]
+                self.values[i].view(cache_shape)[where] = new_v[:, None]
                 keys, values = new_k.reshape(a * kv, end, d), new_v.reshape(a * kv, end, d)
             else:
                 self.keys[i][:, :, start:end] = new_k
@@ -237,25 +268,52 @@ class FastDecoder:
         return hidden / torch.hypot(norm, self.final_eps).to(hidden.dtype) * gain
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
-                repeats: int = 1) -> torch.Tensor:
+                repeats: int = 1, *, bucket_overhead: int | None = PREFILL_BUCKET_OVERHEAD) -> torch.Tensor:
         """Left-padded prompts input_ids / attention_mask / positions [N, P] -> last-position logits [N, V].
 
         Each prompt is computed once; the cache gets N * repeats rows (prompt i -> rows i*repeats ..
-        i*repeats + repeats - 1, for G samples per prompt). Pad keys are masked for every later step. Cache
-        columns past the written length are left uninitialized: no step reads them."""
+        i*repeats + repeats - 1, for G samples per prompt). Pad keys are masked for every later step.
+
+        Prompts of different lengths are computed in length buckets (`length_buckets`, `bucket_overhead`
+        tokens of cost per bucket; None: one bucket): a bucket runs only its own longest prompt's width of
+        the left padding, its keys/values written at the right-aligned cache columns [P - width, P), the
+        columns left of them zeroed (masked, never attended). The values equal one [N, P] forward (the pad
+        columns a bucket skips are masked keys); on 100 word-problem prompts of 98-204 tokens the padded
+        forward computed 20,400 positions for 12,474 real ones. Cache columns past P are left uninitialized:
+        no step reads them before writing."""
         n, p = input_ids.shape
         dtype, device = self.embed.dtype, self.embed.device
         shape = (n * repeats, self.kv_heads, self.capacity, self.head_dim)
         self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in self.layers]
         self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in self.layers]
-        self.length = 0
         neg = torch.finfo(dtype).min
         key_mask = torch.zeros((n, self.capacity), dtype=dtype, device=device)  # generated tokens: attended
         key_mask[:, :p].masked_fill_(~attention_mask.bool(), neg)
         causal = torch.ones(p, p, dtype=torch.bool, device=device).tril()
-        mask = key_mask[:, None, None, :p].masked_fill(~causal, neg)  # [N, 1, P, P]
         self.key_mask = key_mask.repeat_interleave(repeats, dim=0) if repeats > 1 else key_mask
-        return self._logits(self._forward(input_ids, positions, mask, repeats))
+        lengths = attention_mask.sum(-1).tolist()
+        buckets = [list(range(n))] if bucket_overhead is None else length_buckets(lengths, bucket_overhead)
+        if len(buckets) == 1:
+            buckets = [None]  # all rows at the full width: no row indexing
+        hidden = torch.empty((n, self.hidden), dtype=dtype, device=device)
+        for bucket in buckets:
+            rows = None if bucket is None else torch.tensor(bucket, device=device)
+            width = p if bucket is None else max(max(lengths[i] for i in bucket), 1)
+            off = p - width
+            if off:  # the skipped pad columns: zeros (masked keys must not be uninitialized NaNs)
+                cache_rows = (rows[:, None] * repeats + torch.arange(repeats, device=device)).reshape(-1)
+                for cache in (*self.keys, *self.values):
+                    cache[cache_rows, :, :off] = 0
+            sel = slice(None) if rows is None else rows
+            mask = key_mask[sel, None, None, off:p].masked_fill(~causal[off:, off:], neg)  # [A, 1, W, W]
+            self.length = 0
+            out = self._forward(input_ids[sel, off:], positions[sel, off:], mask, repeats, rows, off)
+            if rows is None:
+                hidden = out
+            else:
+                hidden[rows] = out
+        self.length = p
+        return self._logits(hidden)
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One decode step: tokens [A] at rotary positions [A] -> logits [A, V]."""
