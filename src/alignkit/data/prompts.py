@@ -24,7 +24,7 @@ class PromptDataSection(DataSourceFields):
     eval_file: str | None = Field(None, description="held-out prompt records; None = the seeded arithmetic held-out set")
     levels: list[int] = Field([1, 2, 3], description="synthetic: arithmetic levels (a GRPO curriculum walks them in order)")
     n_train: int = Field(4000, gt=0, description="synthetic: training prompts (never a held-out question)")
-    n_eval: int = Field(100, gt=0, description="held-out prompts answered greedily at evaluation")
+    n_eval: int = Field(100, ge=0, description="held-out prompts answered greedily at evaluation (0 = no held-out evaluation: a caller that evaluates on its own, as the R1 pipeline does after every stage)")
     max_prompt_length: int = Field(64, gt=0, description="longest prompt in tokens")
     on_overflow: Literal["error", "drop"] = Field("error", description="a longer prompt: error, or drop and count")
 
@@ -82,6 +82,7 @@ def load_prompts(cfg: PromptDataSection, tokenizer, *, train_records=None, eval_
         held_out = [HeldOutProblem(r.prompt, r.extra.get("answer"), dict(r.extra)) for r in
                     load_records(cfg.eval_file, "prompt", split=cfg.eval_split or cfg.split,
                                  columns=cfg.columns)][:cfg.n_eval] if cfg.eval_file else []
+    held_out = held_out if cfg.n_eval else []
     pools: dict[int, list] = {}
     dropped = 0
     for prompt, fields, row in rows:
@@ -133,3 +134,8 @@ class PromptSampler:
     def load_state_dict(self, state: dict) -> None:
         self.orders, self.cursors = state["orders"], state["cursors"]
         self.gen.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+
+
+def no_eval_reason(cfg: PromptDataSection) -> str:
+    """Why a prompt recipe has no held-out set (for its warning and summary)."""
+    return "data.n_eval is 0" if cfg.n_eval == 0 else "data.train_file is set without data.eval_file"

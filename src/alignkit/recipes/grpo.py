@@ -72,7 +72,7 @@ from alignkit.advantages import (
     zero_variance_groups,
 )
 from alignkit.config import ModelSection, OptimSection, OutputSection, RLRewardSection, Section
-from alignkit.data.prompts import PromptDataSection, PromptSampler, load_prompts
+from alignkit.data.prompts import PromptDataSection, PromptSampler, load_prompts, no_eval_reason
 from alignkit.evaluation import held_out_evaluation
 from alignkit.infra.checkpoint import GracefulStop
 from alignkit.infra.monitor import MonitorSection, health_warnings  # noqa: F401  (health_warnings: part of the recipe's API)
@@ -302,7 +302,7 @@ def run(cfg: GRPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval
     objects = {"sampler": sampler, "curriculum": curriculum, "adaptive": adaptive, **({"kl": kl_ctl} if kl_ctl else {})}
     model, optimizer = life.setup(model, optimizer, scheduler, objects=objects)
     if not held_out and life.is_main:
-        log.warning("no held-out evaluation will run: data.train_file is set without data.eval_file")
+        log.warning("no held-out evaluation will run: %s", no_eval_reason(cfg.data))
     life.begin(held_out_evaluation(lambda: life.plain, tokenizer, held_out, max_new_tokens=cfg.rollout.max_new_tokens,
                                    rewards=scorer.rewards if cfg.data.eval_file or eval_dataset is not None else None,
                                    success_key=cfg.reward.success_key), {"data/dropped_prompts": dropped})
@@ -396,7 +396,7 @@ def run(cfg: GRPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval
     return life.finish(tokenizer=tokenizer, failure=scorer.close(failure), reward_failures=scorer.monitor.counters(),
                        plots=["reward/total", "reward/success_rate", "eval/accuracy", "eval/format", "train/kl", "train/entropy",
                               "completion/length"],
-                       **({} if held_out else {"eval_note": "no held-out evaluation ran: set data.eval_file"}))
+                       **({} if held_out else {"eval_note": f"no held-out evaluation ran: {no_eval_reason(cfg.data)}"}))
 
 
 def draw_and_score(cfg: GRPOConfig, life: Run, tokenizer, scorer: Scorer, sampler, curriculum, adaptive, *, step: int,

@@ -70,7 +70,7 @@ from pydantic import Field, field_validator
 
 from alignkit.advantages import gae, kl_shaped_token_rewards, whiten
 from alignkit.config import ModelSection, OptimSection, OutputSection, RLRewardSection, Section
-from alignkit.data.prompts import PromptDataSection, PromptSampler, load_prompts
+from alignkit.data.prompts import PromptDataSection, PromptSampler, load_prompts, no_eval_reason
 from alignkit.evaluation import held_out_evaluation
 from alignkit.infra.checkpoint import GracefulStop
 from alignkit.infra.monitor import MonitorSection, health_warnings  # noqa: F401  (part of the recipe's API)
@@ -425,7 +425,7 @@ def run(cfg: PPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval_
     critic, head = (None, acc.unwrap_model(critic_module)) if cfg.critic.shared_trunk else (critic_module, None)
     opts = (optimizer, scheduler, life.guard, critic_optim, critic_sched, life.add_guard())
     if not held_out and life.is_main:
-        log.warning("no held-out evaluation will run: data.train_file is set without data.eval_file")
+        log.warning("no held-out evaluation will run: %s", no_eval_reason(cfg.data))
     life.begin(held_out_evaluation(lambda: life.plain, tokenizer, held_out, max_new_tokens=cfg.rollout.max_new_tokens,
                                    rewards=scorer.rewards if cfg.data.eval_file or eval_dataset is not None else None,
                                    success_key=cfg.reward.success_key), {"data/dropped_prompts": dropped})
@@ -477,4 +477,4 @@ def run(cfg: PPOConfig, *, model=None, tokenizer=None, train_dataset=None, eval_
                        plots=["reward/total", "reward/model", "eval/accuracy", "train/kl", "train/beta", "train/entropy",
                               "train/value_loss",
                               "value/explained_variance", "completion/length"],
-                       **({} if held_out else {"eval_note": "no held-out evaluation ran: set data.eval_file"}))
+                       **({} if held_out else {"eval_note": f"no held-out evaluation ran: {no_eval_reason(cfg.data)}"}))

@@ -120,8 +120,9 @@ def batch_loss(model, batch: dict, num_tokens: float) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model, tokenizer, examples, problems, *, n_generate: int, batch_size: int = 64) -> dict:
-    """Held-out token-mean loss and token accuracy (argmax = target); greedy answer accuracy and format
-    compliance on synthetic problems, scored with the same reward functions RL uses."""
+    """Held-out token-mean loss and token accuracy (argmax = target; left out when nothing is held out, e.g.
+    data.eval_fraction 0); greedy answer accuracy and format compliance on synthetic problems, scored with the
+    same reward functions RL uses."""
     model.eval()
     nll, correct, count = 0.0, 0, 0
     for i in range(0, len(examples), batch_size):
@@ -132,7 +133,7 @@ def evaluate(model, tokenizer, examples, problems, *, n_generate: int, batch_siz
         nll += tok_nll[mask].sum().item()
         correct += int((logits.argmax(-1) == target)[mask].sum())
         count += int(mask.sum())
-    out = {"eval/loss": nll / max(count, 1), "eval/token_accuracy": correct / max(count, 1)}
+    out = {"eval/loss": nll / count, "eval/token_accuracy": correct / count} if count else {}  # none held out
     if problems and n_generate:
         out.update(answer_accuracy(model, tokenizer, problems[:n_generate]))
     model.train()
