@@ -33,3 +33,28 @@ def test_logits_mode_resume_gives_the_same_run(tmp_path, monkeypatch):
     assert [r["step"] for r in a] == [1, 2, 3, 4] and [r["train/kl"] for r in a] == [r["train/kl"] for r in b]
     wa, wb = (load_file(tmp_path / n / "student" / "final" / "model.safetensors") for n in ("straight", "resumed"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_teacher_data_from_reuses_another_runs_samples(tmp_path):
+    """distill_logits of the R1 pipeline trains on distill's teacher samples instead of sampling them again;
+    other sampling settings there are an error naming them."""
+    import pytest
+
+    first = build_config(distill.DistillConfig, {
+        "mode": "sft", "teacher": {"path": "bundled"}, "prompts": {"n_prompts": 40},
+        "reward": {"weights": {"accuracy": 1.0}}, "train": {"steps": 2, "batch_size": 4, "eval_fraction": 0},
+        "output": {"dir": str(tmp_path), "name": "sft", "tensorboard": False}})
+    done = distill.run(first)
+    source = tmp_path / "sft" / "teacher_data"
+    out = distill.run(cfg_for(tmp_path, "logits").model_copy(
+        update={"teacher_data_from": str(source), "train": first.train.model_copy(update={"steps": 2})}))
+    reused, sampled = out["teacher_data"], done["teacher_data"]
+    assert (reused["data"], reused["kept"]) == (sampled["data"], sampled["kept"]) and not (tmp_path / "logits" / "teacher_data").exists()
+    assert len(read_metrics(tmp_path / "logits" / "student" / "metrics.jsonl")) == 2
+    base = cfg_for(tmp_path, "other")
+    other = base.model_copy(update={"teacher_data_from": str(source),
+                                    "sampling": base.sampling.model_copy(update={"temperature": 0.5})})
+    with pytest.raises(ValueError, match="sampling"):
+        distill.run(other)
+    with pytest.raises(FileNotFoundError, match="no finished teacher data"):
+        distill.run(cfg_for(tmp_path, "none").model_copy(update={"teacher_data_from": str(tmp_path / "missing")}))

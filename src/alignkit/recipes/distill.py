@@ -46,6 +46,8 @@ class StudentTrainSection(Section):
     max_length: int = Field(96, gt=0, description="max tokens per example")
     temperature: float = Field(1.0, gt=0, description="logits mode: distillation temperature (loss scaled by T^2)")
     eval_every: int = Field(100, gt=0, description="held-out evaluation every N steps")
+    eval_fraction: float = Field(0.05, ge=0, lt=1, description="sft mode: share of the teacher data held out for "
+                                 "the student's eval loss (0 = none)")
     seed: int = Field(0, description="seed")
     time_limit_s: float | None = time_limit_field()
     precision: Literal["no", "bf16", "fp16"] = Field("no", description="logits mode: mixed precision on GPUs")
@@ -97,6 +99,10 @@ class DistillConfig(Section):
                                   description="verifiers of the teacher's samples")
     select: rejection_sampling.SelectSection = Field(
         default_factory=lambda: rejection_sampling.SelectSection(max_per_prompt=1), description="what is kept")
+    teacher_data_from: str | None = Field(None, description="another distill run's finished teacher_data "
+                                          "directory, sampled with this run's teacher, prompts, sampling, reward "
+                                          "and select settings: reused instead of sampling the teacher again "
+                                          "(other settings there are an error)")
     optim: OptimSection = Field(default_factory=lambda: OptimSection(lr=2e-3), description="student optimizer")
     train: StudentTrainSection = Field(default_factory=StudentTrainSection, description="student training")
     on_policy: OnPolicySection = Field(default_factory=OnPolicySection, description="mode on_policy: GKD")
@@ -110,8 +116,10 @@ def teacher_data(cfg: DistillConfig, out_dir: Path) -> dict:
         model=cfg.teacher, prompts=cfg.prompts, sampling=cfg.sampling, reward=cfg.reward, select=cfg.select,
         output=rejection_sampling.OutputSection(dir=str(out_dir), name="teacher_data", overwrite=cfg.output.resume))
     done = out_dir / "teacher_data"
+    settings = {k: v for k, v in rs.model_dump(mode="json").items() if k != "output"}
+    if cfg.teacher_data_from is not None:
+        return _reuse_teacher_data(Path(cfg.teacher_data_from), settings)
     if cfg.output.resume and (done / "stats.json").is_file():
-        settings = {k: v for k, v in rs.model_dump(mode="json").items() if k != "output"}
         earlier = yaml.safe_load((done / "config.yaml").read_text()) if (done / "config.yaml").is_file() else {}
         if {k: v for k, v in (earlier or {}).items() if k != "output"} == settings:
             return json.loads((done / "stats.json").read_text())
@@ -123,11 +131,28 @@ def teacher_data(cfg: DistillConfig, out_dir: Path) -> dict:
     return stats
 
 
+def _reuse_teacher_data(src: Path, settings: dict) -> dict:
+    """``teacher_data_from``: the stats of a finished teacher_data directory sampled with ``settings``."""
+    if not (src / "stats.json").is_file() or not (src / "config.yaml").is_file():
+        raise FileNotFoundError(f"teacher_data_from: {src} holds no finished teacher data (stats.json and "
+                                f"config.yaml); run the distillation that writes it first")
+    earlier = yaml.safe_load((src / "config.yaml").read_text()) or {}
+    differ = sorted(k for k in set(settings) | set(earlier) if k != "output" and earlier.get(k) != settings.get(k))
+    if differ:
+        raise ValueError(f"teacher_data_from: {src} was sampled with other {', '.join(differ)} settings than this "
+                         f"run's; make them equal or unset teacher_data_from to sample again")
+    stats = json.loads((src / "stats.json").read_text())
+    if not stats.get("kept"):
+        raise RuntimeError(f"teacher_data_from: {src} kept no verified completion; nothing to distill")
+    log.info("teacher data reused from %s (%d rows)", src, stats["kept"])
+    return stats
+
+
 def train_student_sft(cfg: DistillConfig, data_file: str, out_dir: Path) -> dict:
     """Student SFT on the teacher's verified data (eval on the seeded held-out arithmetic set)."""
     scfg = sft.SFTConfig(
         model=cfg.student, optim=cfg.optim,
-        data=sft.DataSection(train_file=data_file, eval_fraction=0.05, max_length=cfg.train.max_length,
+        data=sft.DataSection(train_file=data_file, eval_fraction=cfg.train.eval_fraction, max_length=cfg.train.max_length,
                              on_overflow="drop"),
         train=sft.TrainSection(steps=cfg.train.steps, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                                eval_every=cfg.train.eval_every, time_limit_s=cfg.train.time_limit_s,
