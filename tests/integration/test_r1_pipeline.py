@@ -40,6 +40,25 @@ def test_pipeline_runs_end_to_end_and_resumes_without_redoing_stages(tmp_path):
     assert [r["stage"] for r in out["rows"]] == ["base", *MODEL_STAGES]
     report = (root / "report.md").read_text()
     assert all(s in report for s in MODEL_STAGES) and (root / "report.png").is_file()
+    total = next(line for line in report.splitlines() if line.startswith("Total wall time"))
+    assert "base evaluation" in total and "cold_start_data" in total and "rejection_sampling" in total
+    seconds = [json.loads((root / s / "manifest.json").read_text())["wall_s"] for s in (p.name for p in r1.stages(cfg, root))]
+    assert float(total.split()[3]) == pytest.approx(sum(seconds) + out["rows"][0]["wall_s"], abs=1)
+
+
+def test_logit_distillation_reuses_the_sft_distillations_teacher_samples(tmp_path):
+    """distill_logits with distill's prompts, sampling, reward and select trains on distill's teacher data
+    (one sampling of the teacher, not two) and depends on that stage; other settings sample again."""
+    base = load_config(r1.R1Config, CONFIG, [f"output_dir={tmp_path}"])
+    same = {k: v for k, v in base.distill.items() if k in ("prompts", "sampling", "reward", "select")}
+    cfg = base.model_copy(update={"distill_logits": {**same, "train": {"steps": 3}}})
+    plan = {s.name: s for s in r1.stages(cfg, tmp_path)}
+    logits = plan["distill_logits"]
+    assert logits.config.mode == "logits" and "distill" in logits.deps
+    assert logits.config.teacher_data_from == str(tmp_path / "distill" / "run" / "teacher_data")
+    other = base.model_copy(update={"distill_logits": {**same, "sampling": {**same.get("sampling", {}), "temperature": 0.3}}})
+    logits = {s.name: s for s in r1.stages(other, tmp_path)}["distill_logits"]
+    assert logits.config.teacher_data_from is None and "distill" not in logits.deps
 
 
 @pytest.mark.slow

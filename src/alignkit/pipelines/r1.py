@@ -513,6 +513,7 @@ def task_wiring(cfg: R1Config, root: Path, *, write: bool = False) -> dict[str, 
             **grpo, "data__train_file": _file(lambda: final_rl_rows(cfg), task / "final_rl.jsonl"),
             "reward__model": str(root / "preference_rm" / "final"),
             "reward__when": {**{c: {"kind": "task"} for c in weights}, "model": {"kind": "general"}}}
+    files: dict[tuple[int, int], str] = {}  # (n_prompts, first problem) -> its file: equal prompts, one file
     for name, cls, base in (("rejection_sampling", rejection_sampling.RejectionSamplingConfig, 10000),
                             ("distill", distill.DistillConfig, 20000), ("distill_logits", distill.DistillConfig, 20000)):
         data = getattr(cfg, name)
@@ -524,7 +525,9 @@ def task_wiring(cfg: R1Config, root: Path, *, write: bool = False) -> dict[str, 
         start = prompts.offset or base
         rows = lambda n=prompts.n_prompts, start=start: [p.record() for p in train_problems(cfg, n, offset=start)]  # noqa: E731
         # the file starts at the stage's offset already: the offset is reset, whatever the stage's config says
-        wiring[name] = {"prompts__train_file": _file(rows, task / f"{name}.jsonl"), "prompts__offset!": 0}
+        if (prompts.n_prompts, start) not in files:
+            files[prompts.n_prompts, start] = _file(rows, task / f"{name}.jsonl")
+        wiring[name] = {"prompts__train_file": files[prompts.n_prompts, start], "prompts__offset!": 0}
     return wiring
 
 
@@ -616,8 +619,15 @@ def stages(cfg: R1Config, root: Path) -> list[Stage]:
         if name == "distill_logits":
             data = _defaults(data, mode="logits")
         path, before = student(name)
+        deps = ["final_rl"]
+        if name == "distill_logits" and plan[-1].name == "distill" and not _has(data, "teacher_data_from"):
+            sampled = plan[-1].config  # the same teacher samples: train on distill's instead of sampling again
+            probe = recipe_stage(name, distill, distill.DistillConfig, _with(data, **path), final("final_rl"), deps,
+                                 model_key="teacher__path")
+            if all(getattr(probe.config, k) == getattr(sampled, k) for k in ("prompts", "sampling", "reward", "select")):
+                data, deps = _with(data, teacher_data_from=str(root / "distill" / "run" / "teacher_data")), deps + ["distill"]
         plan.append(recipe_stage(name, distill, distill.DistillConfig, _with(data, **path), final("final_rl"),
-                                 ["final_rl"], model_key="teacher__path", produced="student/final", before=before))
+                                 deps, model_key="teacher__path", produced="student/final", before=before))
     return plan
 
 
@@ -803,11 +813,14 @@ def _run(cfg: R1Config, *, only: list[str] | None = None) -> dict:
                                           "second": cfg.second_language.model_dump(exclude={"trace_share"}), "columns": 2},
                                          sort_keys=True).encode()).hexdigest()[:16]
     if not base_eval.exists() or json.loads(base_eval.read_text()).get("fingerprint") != base_key:
-        base_eval.write_text(json.dumps({"stage": "base", **evaluate_dir(cfg.base_model, cfg), "wall_s": 0.0,
+        t0 = time.perf_counter()
+        evaluated = evaluate_dir(cfg.base_model, cfg)
+        base_eval.write_text(json.dumps({"stage": "base", **evaluated, "wall_s": time.perf_counter() - t0,
                                          "fingerprint": base_key}))
     rows = [{k: v for k, v in json.loads(base_eval.read_text()).items() if k != "fingerprint"}]
     prints: dict[str, str] = {}
     redone: set[str] = set()
+    times = {"base evaluation": rows[0].get("wall_s", 0.0)}  # every stage's, data stages included
     for stage in plan:
         stage_dir = root / stage.name
         manifest_path = stage_dir / "manifest.json"
@@ -849,12 +862,13 @@ def _run(cfg: R1Config, *, only: list[str] | None = None) -> dict:
             manifest.update(result=result, model=model_dir, eval=evaluated, wall_s=time.perf_counter() - t0,
                             finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
             manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
+        times[stage.name] = manifest.get("wall_s", 0.0)
         if manifest.get("eval"):
             rows.append({"stage": stage.name, **manifest["eval"], "wall_s": manifest["wall_s"],
                          **({"vs": COMPARED_WITH[stage.name]} if stage.name in COMPARED_WITH else {})})
         if only and stage.name == only[-1]:
             break
-    write_report(rows, root)
+    write_report(rows, root, times=times)
     return {"rows": rows, "root": str(root)}
 
 
