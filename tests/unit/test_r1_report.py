@@ -3,6 +3,7 @@ the pipeline builds for its preference reward model and mixed final RL, checked 
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -150,3 +151,34 @@ def test_trace_share_gives_some_second_language_problems_english_traces(tmp_path
     # and it is part of the cold-start data's settings: changing it redoes that stage
     plan = {s.name: s for s in r1.stages(cfg, tmp_path)}
     assert plan["cold_start_data"].settings["second"]["trace_share"] == 0.5
+
+
+def test_sft_min_language_drops_mixed_language_reasoning_rows(tmp_path):
+    """R1 filtered chain-of-thought with mixed languages out of its second SFT's data: a Chinese problem whose
+    trace thinks in English goes, from the rejection-sampled rows (their language column) and the cold-start
+    rows (the language read from the prompt's script) alike; general rows are not reasoning and stay."""
+    zh_prompt = "小丽有3个苹果，又买了4个。一共有几个？\n请在 <think> </think> 中用中文思考。"
+    sampled = tmp_path / "rs.jsonl"
+    sampled.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": zh_prompt, "completion": "<think>首先，3+4=7。</think><answer>7</answer>", "language": "zh"},
+        {"prompt": zh_prompt, "completion": "<think>First, 3+4=7.</think><answer>7</answer>", "language": "zh"},
+        {"prompt": "Tom has 3 apples and buys 4. How many?", "completion": "<think>First, 3+4=7.</think><answer>7</answer>",
+         "language": "en"}]))
+    cold = tmp_path / "cold.jsonl"
+    cold.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": zh_prompt, "completion": "<think>First, 3+4=7. Finally, 7.</think><answer>7</answer>", "source": "ideal"},
+        {"prompt": zh_prompt, "completion": "<think>首先，3+4=7。最后，7。</think><answer>7</answer>", "source": "ideal"},
+        {"prompt": "Ann has 2 pens.", "completion": "<think>First, 2*1=2.</think><answer>2</answer>", "source": "ideal"}]))
+    second = {"language": "zh", "share": 0.25}
+    cfg = r1.R1Config(task="word_problems", general_share=0.2, general_source="chat", second_language=second,
+                      sft_min_language=1.0)
+    out = r1.mixed_sft_data(cfg, str(sampled), tmp_path, str(cold))
+    assert out["language_dropped"] == {"curated": 1, "cold_start": 1}
+    assert out["counts"] == {"curated": 2, "cold_start": 2, "general": 1}
+    rows = [json.loads(x) for x in (tmp_path / "mixed.jsonl").read_text().splitlines()]
+    assert not any(r["prompt"] == zh_prompt and r["completion"].startswith("<think>First") for r in rows)
+    assert sum(r["source"] == "general" for r in rows) == 1
+    unfiltered = r1.mixed_sft_data(cfg.model_copy(update={"sft_min_language": None}), str(sampled), tmp_path, str(cold))
+    assert unfiltered["counts"] == {"curated": 3, "cold_start": 3, "general": 2} and "language_dropped" not in unfiltered
+    plan = {s.name: s for s in r1.stages(cfg, tmp_path / "run")}
+    assert plan["sft_data"].settings["min_language"] == 1.0  # part of the stage's settings: a change redoes it

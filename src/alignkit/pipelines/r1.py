@@ -149,6 +149,11 @@ class R1Config(Section):
                                       "(ideal traces and kept samples) beside the rejection-sampled rows: where the "
                                       "reasoning model passes few verified samples (16 of 384 on SmolLM2-135M) the "
                                       "second SFT otherwise learns from almost nothing")
+    sft_min_language: float | None = Field(None, ge=0, le=1, description="stage 6 keeps only the reasoning rows "
+                                           "whose language consistency (alignkit.rewards.language, against the "
+                                           "language the problem is asked in) is at least this, as R1 filtered "
+                                           "chain-of-thought with mixed languages out of its second SFT's data "
+                                           "(None keeps every row)")
     sft: dict[str, Any] = Field({}, description="SFT config of stage 6")
     preference_rm: dict[str, Any] | None = Field(None, description="optional: reward-model config (alignkit rm) of "
                                                  "a Bradley-Terry model trained from the base model on preference "
@@ -404,9 +409,19 @@ def mixed_sft_data(cfg: R1Config, curated_file: str, out: Path, cold_start_file:
     if not curated:
         raise StageError(f"stage sft_data: the rejection-sampling data {curated_file} has no row; lower "
                          "rejection_sampling.select.threshold or raise rejection_sampling.sampling.num_samples")
-    n_sampled = len(curated)
     if cold_start_file is not None:
-        curated += [json.loads(x) for x in Path(cold_start_file).read_text().splitlines()]
+        curated += [dict(json.loads(x), source="cold_start") for x in Path(cold_start_file).read_text().splitlines()]
+    curated = [dict(r, source=r.get("source") if r.get("source") == "cold_start" else "curated") for r in curated]
+    language_dropped = {}
+    if cfg.sft_min_language is not None:
+        kept = [r for r in curated if _row_language_share(r, cfg) >= cfg.sft_min_language]
+        for src in ("curated", "cold_start"):
+            language_dropped[src] = sum(r["source"] == src for r in curated) - sum(r["source"] == src for r in kept)
+        if not kept:
+            raise StageError(f"stage sft_data: no reasoning row has language consistency >= {cfg.sft_min_language} "
+                             "(sft_min_language); lower it or unset it")
+        curated = kept
+    n_sampled = sum(r["source"] == "curated" for r in curated)
     n_general = round(len(curated) * cfg.general_share / (1 - cfg.general_share))
     if cfg.general_source == "chat":
         chat, _ = general_chat_rows()
@@ -415,13 +430,26 @@ def mixed_sft_data(cfg: R1Config, curated_file: str, out: Path, cold_start_file:
     else:
         general = [{"prompt": p.question, "completion": f"{p.raw}={p.answer}", "source": "general"}
                    for p in train_problems(cfg, n_general, offset=20000)]
-    rows = [{"prompt": r["prompt"], "completion": r["completion"], "source": "curated" if i < n_sampled else "cold_start"}
-            for i, r in enumerate(curated)] + general
+    rows = [{"prompt": r["prompt"], "completion": r["completion"], "source": r["source"]} for r in curated] + general
     random.Random(cfg.seed).shuffle(rows)
     write_jsonl(rows, out / "mixed.jsonl")
     counts = {"curated": n_sampled, **({"cold_start": len(curated) - n_sampled} if cold_start_file else {}),
               "general": len(general)}
-    return {"data": str(out / "mixed.jsonl"), "counts": counts}
+    return {"data": str(out / "mixed.jsonl"), "counts": counts,
+            **({"language_dropped": language_dropped} if cfg.sft_min_language is not None else {})}
+
+
+def _row_language_share(row: dict, cfg: R1Config) -> float:
+    """A reasoning row's language consistency against the language its problem is asked in: the row's
+    ``language`` column, else the second language where the prompt is mostly in its script, else English."""
+    from alignkit.rewards.language import language_consistency_reward
+
+    language = row.get("language")
+    second = cfg.second_language.language
+    if language is None:
+        asked_second = second is not None and language_consistency_reward(row["prompt"], language=second) > 0.5
+        language = second if asked_second else "en"
+    return language_consistency_reward(row["completion"], language=language)
 
 
 UNHELPFUL = ("I don't know.", "I cannot help with that.", "Please ask someone else.", "That is not something I can answer.")
@@ -596,7 +624,8 @@ def stages(cfg: R1Config, root: Path) -> list[Stage]:
                    str(rs_dir / "data.jsonl"), ["rejection_sampling"] + (["cold_start_data"] if cold_file else []),
                    {"general_share": cfg.general_share, "general_source": cfg.general_source, "seed": cfg.seed,
                     "task": cfg.task, "template": cfg.prompt_template,
-                    **({"with_cold_start": True} if cold_file else {})}),
+                    **({"with_cold_start": True} if cold_file else {}),
+                    **({"min_language": cfg.sft_min_language} if cfg.sft_min_language is not None else {})}),
         recipe_stage("sft", sft, sft.SFTConfig,
                      _with(cfg.sft, data__train_file=str(root / "sft_data" / "mixed.jsonl")), base, ["sft_data"]),
     ]
