@@ -113,6 +113,9 @@ _UNSPACED = re.compile("[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef\u0
                        "\u1780-\u17ff]")
 
 
+_TAG = re.compile(r"</?[A-Za-z][\w-]*>")
+
+
 def gibberish_share(text: str, *, max_word_len: int = 30) -> float:
     """Share of whitespace-separated tokens that look like gibberish (0 if none): no letter or digit
     ("%$#@", "))))" -- a lone punctuation mark of up to 3 characters is fine), longer than max_word_len,
@@ -125,8 +128,10 @@ def gibberish_share(text: str, *, max_word_len: int = 30) -> float:
     0.5
     >>> gibberish_share("<think>首先，24*8=192。然后，192-124=68。</think><answer>68</answer>")
     0.0
+    >>> gibberish_share("<think>First, 19*4=76. Finally, 76+150=226.</think><answer>226</answer>")  # tags split
+    0.0
     """
-    tokens = text.split()
+    tokens = _TAG.sub(" ", text).split()  # markup tags (<think>, </answer>) separate words: not one long token
     if not tokens:
         return 0.0
 
