@@ -19,7 +19,7 @@ MODEL_STAGES = ["r1_zero", "cold_start_sft", "reasoning_rl", "sft", "final_rl", 
 
 
 def test_pipeline_runs_end_to_end_and_resumes_without_redoing_stages(tmp_path):
-    cfg = load_config(r1.R1Config, CONFIG, SMALL + [f"output_dir={tmp_path}"])
+    cfg = load_config(r1.R1Config, CONFIG, SMALL + [f"output_dir={tmp_path}", "cold_start_sft.output.save_every=3"])
     r1.run(cfg, only=["r1_zero", "cold_start_data"])  # "interrupted" after the second stage
     root = tmp_path / "r1-tiny"
     first = json.loads((root / "r1_zero" / "manifest.json").read_text())
@@ -33,6 +33,7 @@ def test_pipeline_runs_end_to_end_and_resumes_without_redoing_stages(tmp_path):
         assert manifest["finished"] and manifest["input"] and manifest["code"].startswith("alignkit")
         assert set(manifest["eval"]) >= {"accuracy", "format", "language", "length"}
         AutoModelForCausalLM.from_pretrained(root / stage / "final")  # plain transformers loads every model
+        assert not list((root / stage).rglob("checkpoints"))  # a finished stage's checkpoints are deleted
     data = (root / "cold_start_data" / "data.jsonl").read_text().splitlines()
     assert len(data) >= 60 and all(json.loads(x)["completion"] for x in data)
     stats = json.loads((root / "rejection_sampling" / "run" / "stats.json").read_text())
