@@ -43,8 +43,11 @@ def test_real_model_pipeline_reduced_budget(tmp_path, real_model_dir):
                           "distill_logits"]
     assert {"accuracy", "format", "steps", "general", "params_m", "language_second", "correct"} <= set(rows["sft"])
     assert (root / "preference_rm" / "final" / "config.json").is_file()  # final RL's reward model for chat prompts
-    counts = json.loads((root / "sft_data" / "manifest.json").read_text())["result"]["counts"]
-    assert counts["cold_start"] >= 32 and counts["general"] > 0  # sft_with_cold_start: the cold-start rows join
+    result = json.loads((root / "sft_data" / "manifest.json").read_text())["result"]
+    counts, dropped = result["counts"], result["language_dropped"]
+    assert counts["cold_start"] + dropped["cold_start"] >= 32 and counts["general"] > 0  # sft_with_cold_start
+    assert dropped["cold_start"] > 0  # sft_min_language: Chinese problems whose cold-start trace thinks in English
+    assert json.loads((root / "distill_logits" / "manifest.json").read_text())["config"]["teacher_data_from"]
     assert rows["distill"]["params_m"] < 0.75 * rows["final_rl"]["params_m"]
     student = AutoModelForCausalLM.from_pretrained(root / "distill" / "final")
     assert student.config.num_hidden_layers == 15  # every other layer of 30, the last one kept
