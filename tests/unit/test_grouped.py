@@ -90,9 +90,9 @@ def test_lora_values_and_gradients_equal_the_plain_forward(case, targets):
     assert (off - lp.detach()).abs().max() > 1e-2  # the adapter changes the logprobs
 
 
-def test_lora_through_the_recipe_entry_point_merged_without_gradients(monkeypatch):
-    """`completion_logprobs` (what GRPO calls) on a LoRA policy takes the grouped path; under no_grad the
-    adapters are merged into the snapshot, and both forms equal the slow twin."""
+def test_lora_through_the_recipe_entry_point_with_and_without_gradients(monkeypatch):
+    """`completion_logprobs` (what GRPO calls) on a LoRA policy takes the grouped path, under no_grad (old and
+    reference logprobs) and with gradients (the update); both equal the slow twin."""
     model, tok = build_tiny(seed=5)
     prompt_ids, prompt_mask, ids, mask = _batch(model, tok)
     lora = with_lora(model, seed=9)
@@ -100,13 +100,39 @@ def test_lora_through_the_recipe_entry_point_merged_without_gradients(monkeypatc
     calls, real = [], grouped.grouped_completion_logprobs
     monkeypatch.setattr(grouped, "grouped_completion_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
     with torch.no_grad():
-        merged = completion_logprobs(lora, b, slice(0, 9), temperature=1.0)
+        no_grad = completion_logprobs(lora, b, slice(0, 9), temperature=1.0)
     unmerged = completion_logprobs(lora, b, slice(0, 9), temperature=1.0)
     with slow_paths(), torch.no_grad():
         slow = completion_logprobs(lora, b, slice(0, 9), temperature=1.0)
     assert len(calls) == 2
-    torch.testing.assert_close(merged, slow, atol=1e-5, rtol=0)
+    torch.testing.assert_close(no_grad, slow, atol=1e-5, rtol=0)
     torch.testing.assert_close(unmerged.detach(), slow, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_backward_keeps_the_parameters_not_weight_copies(lora):
+    """What autograd saves for the backward: activations, and the parameters themselves; no tensor of a
+    weight's shape (or of concatenated/transposed weights) that is a copy. Folded copies (FastDecoder's form)
+    stayed alive from forward to backward: 425 MB on SmolLM2-135M."""
+    model, tok = build_tiny(seed=4)
+    batch = _batch(model, tok)
+    model = with_lora(model, seed=4) if lora else model
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    weight_dims = {64, 128, 192, 256, 320, 512}  # hidden, q/k/v outs, inter, and their concatenations
+    rows = {int(batch[1][::3].sum()), int(batch[3].sum()), int(batch[1][::3].numel()), int(batch[3].numel())}
+    assert not rows & weight_dims  # token-row counts cannot be mistaken for weight dims
+    copies = []
+
+    def pack(t):
+        if t.dim() == 2 and set(t.shape) <= weight_dims and t.untyped_storage().data_ptr() not in params:
+            copies.append(tuple(t.shape))
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        lp = grouped.grouped_completion_logprobs(model, *batch)
+    lp.sum().backward()
+    assert not copies, f"weight copies saved for the backward: {copies}"
 
 
 def test_slices_that_split_a_group_give_the_same_values():

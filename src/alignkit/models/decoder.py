@@ -26,11 +26,12 @@ LoRA (a peft `PeftModel` of LoRA type, or the transformers model inside it): eac
 decoder reads the base weight and, either
 - merged (`merge_lora=True`, the default under no_grad / inference mode, e.g. sampling): W + s B A folded into
   the weight before everything else, so a step costs what the plain model's does; or
-- unmerged (the default with gradients on, the grouped logprobs of a training step): the low-rank branch kept
-  beside the folded projection, x W' + (x A') B' with A' = diag(g) sqrt(n) A^T (the RMSNorm weight folded in like
-  W's) and B' the blocks of q/k/v (gate/up) side by side, block-diagonal; gradients then reach A and B through
-  two thin matmuls and the frozen base costs no weight gradient.
-Both equal `model.forward` (tests/unit/test_decoder.py, tests/unit/test_grouped.py). Not supported: LoRA
+- unmerged (the default with gradients on): the low-rank branch kept beside the folded projection,
+  x W' + (x A') B' with A' = diag(g) sqrt(n) A^T (the RMSNorm weight folded in like W's) and B' the blocks of
+  q/k/v (gate/up) side by side, block-diagonal; gradients then reach A and B through two thin matmuls and the
+  frozen base costs no weight gradient. (Training steps use `alignkit.models.grouped`, which reads the
+  parameters without folded copies.)
+Both equal `model.forward` (tests/unit/test_decoder.py). Not supported: LoRA
 dropout active in training (the lean forward has no per-module dropout), DoRA and other variants, a LoRA bias,
 merged adapters, adapters on the embeddings or the LM head.
 
@@ -150,7 +151,7 @@ class FastDecoder:
         d, perm, merge = self.head_dim, self.perm, self.merge_lora
 
         def parts(linear):  # (weight [out, in], bias, LoRA (A [R, in], B [out, R]) or None), merged if asked
-            w, b, lora = _linear_parts(linear)
+            w, b, lora = linear_parts(linear)
             if lora is not None and merge:
                 w, lora = (w.float() + lora[1].float() @ lora[0].float()).to(w.dtype), None
             return w, b, lora
@@ -375,7 +376,7 @@ def _linear_ok(m) -> bool:
     return True
 
 
-def _linear_parts(m) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+def linear_parts(m) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
     """(weight [out, in], bias, LoRA) of a `_linear_ok` module; LoRA = (A [R, in], B [out, R]) of its active
     adapters stacked along R, each B times its scaling (sum_a s_a B_a A_a = B A), or None."""
     if type(m) is nn.Linear:

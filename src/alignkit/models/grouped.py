@@ -11,12 +11,20 @@ keys and values:
 
 Row-wise work (projections, MLP, LM head) runs on the real completion tokens only: padding after EOS costs
 nothing there, and attention scatters the tokens into the padded [R, C] layout. The LM head runs a chunk of
-rows at a time (`alignkit.logprobs.head_logprobs`): peak memory chunk x V, not M x V. A peft LoRA model runs
-here too, its adapters as a low-rank branch beside each folded projection (`FastDecoder`'s module docstring). Everything else (weights,
-RoPE positions, RMSNorm, MLP) is `FastDecoder`'s, whose weight folding is
-differentiable, so gradients reach the model's parameters exactly as through `model.forward`. Compute per
-layer drops from R (P + C) token rows to N P + (real completion tokens). Rows with the same prompt must be consecutive (the
-group-contiguous layout of `alignkit.rollout`); consecutive rows with equal prompt ids and mask share.
+rows at a time (`alignkit.logprobs.head_logprobs`): peak memory chunk x V, not M x V. Compute per layer drops
+from R (P + C) token rows to N P + (real completion tokens). Rows with the same prompt must be consecutive
+(the group-contiguous layout of `alignkit.rollout`); consecutive rows with equal prompt ids and mask share.
+
+The layers read the model's own parameters (`F.linear` on each projection's weight, the RMSNorm gain applied
+to the activations, RoPE in HF's half-split layout), not `FastDecoder`'s folded copies: a matmul keeps its
+weight operand for the backward, so folded copies (concatenated, transposed, norm-scaled: 425 MB for
+SmolLM2-135M's layers) stayed alive from the forward to the backward of every training step, and were
+rebuilt and differentiated through each call. For the thousand-odd rows of a training micro-batch, three
+q/k/v matmuls cost what one concatenated matmul does; `FastDecoder` keeps its fused copies for decode steps,
+where a step multiplies a few rows and per-op cost matters. A peft LoRA projection adds its low-rank branch,
+(h A^T) (s B)^T, beside the frozen base weight (`decoder.linear_parts`), so gradients reach A and B through
+two thin matmuls and the base costs no weight gradient. Everything is differentiable: gradients reach the
+model's parameters exactly as through `model.forward`.
 
 Naive form: `sequence_logprobs(model, cat([prompt, completion]), ...)[:, P:]`; `tests/unit/test_grouped.py`
 checks values and parameter gradients against it.
@@ -28,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from alignkit.logprobs import head_logprobs
-from alignkit.models.decoder import FastDecoder, lean_base
+from alignkit.models.decoder import FastDecoder, lean_base, linear_parts
 
 
 def supports(model) -> bool:
@@ -70,13 +78,15 @@ def grouped_completion_logprobs(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     # clones: rollout tensors are inference-mode tensors, which autograd may not save
     prompt_ids, prompt_mask, completion_ids = prompt_ids.clone(), prompt_mask.clone(), completion_ids.clone()
-    dec = FastDecoder(model, prompt_ids.shape[1] + completion_ids.shape[1])
+    base = lean_base(model)
+    config, inner = base.config, base.model
+    first_attn = inner.layers[0].self_attn
+    h_, kv, d = config.num_attention_heads, config.num_key_value_heads, first_attn.head_dim
+    rep, hidden, dtype = h_ // kv, config.hidden_size, inner.embed_tokens.weight.dtype
     first, group = prompt_groups(prompt_ids, prompt_mask)
     p_ids, p_mask = prompt_ids[first], prompt_mask[first].bool()
     n, p = p_ids.shape
     r, c = completion_ids.shape
-    h_, kv, d = dec.heads, dec.kv_heads, dec.head_dim
-    rep, hidden, dtype = h_ // kv, dec.hidden, dec.embed.dtype
     neg = torch.finfo(dtype).min
     device = prompt_ids.device
 
@@ -85,8 +95,10 @@ def grouped_completion_logprobs(
     m = real.numel()
     p_pos = (p_mask.long().cumsum(-1) - 1).clamp(min=0)  # [N, P]
     c_pos = p_mask.sum(-1)[group][:, None] + torch.arange(c, device=device)  # [R, C]
-    rope = dec.rope[torch.cat([p_pos.reshape(-1), c_pos.reshape(-1)[real]])][:, None, :]  # [N P + M, 1, d/2]
-    cos, sin = rope.real.to(dtype), rope.imag.to(dtype)  # real arithmetic: complex autograd is slow on CPU
+    positions = torch.cat([p_pos.reshape(-1), c_pos.reshape(-1)[real]])  # [N P + M]
+    cos, sin = _rope(inner, positions, d)  # [N P + M, 1, d/2] each
+    scale = first_attn.scaling
+    cos_q, sin_q = cos * scale, sin * scale  # the attention scale folded into q's rotation
     causal_p = torch.ones(p, p, dtype=torch.bool, device=device).tril()
     mask_p = torch.zeros(n, 1, p, p, dtype=dtype, device=device).masked_fill(~(causal_p & p_mask[:, None, None, :]), neg)
     causal_c = torch.ones(c, c, dtype=torch.bool, device=device).tril()
@@ -106,29 +118,66 @@ def grouped_completion_logprobs(
 
     # Rows of x: the N P prompt tokens, then only the M REAL completion tokens (row-wise work skips padding;
     # attention scatters them into the padded [R, C] layout)
-    x = F.embedding(torch.cat([p_ids.reshape(-1), completion_ids.reshape(-1)[real]]), dec.embed)  # [N P + M, h]
-    # torch.split, not slicing: a slice's backward zero-fills a full-size gradient, split's is one cat
-    rows, widths = [n * p, m], [(h_ + kv) * d, kv * d]
-    for w in dec.layers:
-        qk, v = dec._normed_linear(x, w["eps1"], *w["qkv"]).split(widths, -1)
-        pairs = qk.reshape(-1, h_ + kv, d // 2, 2)
-        re, im = pairs.unbind(-1)  # the pairs FastDecoder rotates as complex numbers
-        q, k = torch.stack([re * cos - im * sin, re * sin + im * cos], -1).reshape(-1, h_ + kv, d).split([h_, kv], 1)
-        (qp, qc), (kp, kc), (vp, vc) = q.split(rows), k.split(rows), v.reshape(-1, kv, d).split(rows)
+    x = F.embedding(torch.cat([p_ids.reshape(-1), completion_ids.reshape(-1)[real]]), inner.embed_tokens.weight)
+    rows = [n * p, m]  # torch.split, not slicing: a slice's backward zero-fills a full-size gradient, split's is one cat
+    for layer in inner.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        h = _rms_norm(x, layer.input_layernorm, hidden)
+        q = _rotate(_linear(h, attn.q_proj).view(-1, h_, d), cos_q, sin_q)
+        k = _rotate(_linear(h, attn.k_proj).view(-1, kv, d), cos, sin)
+        v = _linear(h, attn.v_proj).view(-1, kv, d)
+        (qp, qc), (kp, kc), (vp, vc) = q.split(rows), k.split(rows), v.split(rows)
         kp, vp = kp.reshape(n, p, kv, d), vp.reshape(n, p, kv, d)
         out_p = attend(qp.reshape(n, p, h_, d), kp, vp, mask_p)
         keys = torch.cat([kp[group], padded(kc).reshape(r, c, kv, d)], 1)  # [R, P + C, KV, d]
         values = torch.cat([vp[group], padded(vc).reshape(r, c, kv, d)], 1)
         out_c = attend(padded(qc).reshape(r, c, h_, d), keys, values, mask_c)[real]
-        x = dec._residual(x, torch.cat([out_p, out_c]), *w["o"])
-        gate, up = dec._normed_linear(x, w["eps2"], *w["gate_up"]).split(dec.inter, -1)
-        x = dec._residual(x, F.silu(gate) * up, *w["down"])
+        x = _linear(torch.cat([out_p, out_c]), attn.o_proj, residual=x)
+        h = _rms_norm(x, layer.post_attention_layernorm, hidden)
+        x = _linear(F.silu(_linear(h, mlp.gate_proj)) * _linear(h, mlp.up_proj), mlp.down_proj, residual=x)
     xp, xc = x.split(rows)
     last_prompt = xp.reshape(n, p, hidden)[:, -1][group]  # [R, h]: predicts completion token 0
     pred = torch.cat([last_prompt[:, None], padded(xc).reshape(r, c, hidden)[:, :-1]], 1)  # [R, C, h]
     # token t from position t - 1: the LM head in chunks of rows (no [M, V] logits, `head_logprobs`)
-    out = head_logprobs(dec.normed(pred.reshape(r * c, hidden)[real]), dec.head_weight, dec.head_bias,
+    head = base.lm_head
+    out = head_logprobs(_rms_norm(pred.reshape(r * c, hidden)[real], inner.norm, hidden), head.weight, head.bias,
                         completion_ids.reshape(-1)[real], temperature=temperature, entropy=return_entropy)
     if not return_entropy:
         return padded(out).view(r, c)
     return padded(out[0]).view(r, c), padded(out[1]).view(r, c)
+
+
+def _rope(inner, positions: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [T, 1, d/2] of the model's own rotary embedding at `positions` [T] (HF repeats each half)."""
+    x = inner.embed_tokens.weight[:1][None]
+    cos, sin = inner.rotary_emb(x, positions[None])  # [1, T, d] each, in x's dtype
+    cos, sin = cos[0], sin[0]
+    if not (torch.equal(cos[:, :d // 2], cos[:, d // 2:]) and torch.equal(sin[:, :d // 2], sin[:, d // 2:])):
+        raise ValueError("unexpected rotary layout: cos/sin halves differ")
+    return cos[:, None, :d // 2], sin[:, None, :d // 2]
+
+
+def _rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """HF's RoPE, t cos + rotate_half(t) sin, on t [T, heads, d] with cos/sin [T, 1, d/2]: the halves
+    (t1, t2) -> (t1 cos - t2 sin, t2 cos + t1 sin)."""
+    t1, t2 = t.chunk(2, -1)
+    return torch.cat([t1 * cos - t2 * sin, t2 * cos + t1 * sin], -1)
+
+
+def _rms_norm(x: torch.Tensor, norm, hidden: int) -> torch.Tensor:
+    """RMSNorm, x / sqrt(mean(x^2) + eps) g, as x / hypot(||x||, sqrt(n eps)) (g sqrt(n)): the norm in fp32
+    as HF's, `FastDecoder.normed`'s arithmetic, the gain applied to the activations (no weight copy)."""
+    size = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
+    eps = torch.tensor((hidden * norm.variance_epsilon) ** 0.5, dtype=torch.float32, device=x.device)
+    gain = (norm.weight.float() * hidden ** 0.5).to(x.dtype)
+    return x / torch.hypot(size, eps).to(x.dtype) * gain
+
+
+def _linear(h: torch.Tensor, module, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """(residual +) h W^T + b of a plain `nn.Linear` or a peft `lora.Linear` (+ (h A^T) (s B)^T for its active
+    adapters), reading the module's own parameters (`decoder.linear_parts`); one addmm with the residual."""
+    weight, bias, lora = linear_parts(module)
+    out = F.linear(h, weight, bias) if residual is None else torch.addmm(residual, h, weight.t())
+    if residual is not None and bias is not None:
+        out = out + bias
+    return out if lora is None else torch.addmm(out, h @ lora[0].t(), lora[1].t())
