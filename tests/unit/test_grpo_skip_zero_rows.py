@@ -63,7 +63,8 @@ def run_pair(tmp_path, monkeypatch, name, reward_for, *overrides):
 def assert_same_run(fast, naive):
     (a, wa, _), (b, wb, _) = fast, naive
     assert [x["reward/total"] for x in a] == [x["reward/total"] for x in b]  # the same samples
-    assert [x["train/loss"] for x in a] == pytest.approx([x["train/loss"] for x in b], abs=1e-7)
+    # the loss sums per-token terms of a few units in fp32 over micro-batches of other rows: rounding ~1e-7
+    assert [x["train/loss"] for x in a] == pytest.approx([x["train/loss"] for x in b], abs=1e-6)
     assert [x["train/grad_norm"] for x in a] == pytest.approx([x["train/grad_norm"] for x in b], rel=1e-5, abs=1e-9)
     assert wa.keys() == wb.keys()
     worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)

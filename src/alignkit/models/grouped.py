@@ -15,8 +15,9 @@ rows at a time (`alignkit.logprobs.head_logprobs`): peak memory chunk x V, not M
 from R (P + C) token rows to N P + (real completion tokens). Rows with the same prompt must be consecutive
 (the group-contiguous layout of `alignkit.rollout`); consecutive rows with equal prompt ids and mask share.
 
-The layers read the model's own parameters (`F.linear` on each projection's weight, the RMSNorm gain applied
-to the activations, RoPE in HF's half-split layout), not `FastDecoder`'s folded copies: a matmul keeps its
+The layers read the model's own parameters (`F.linear` on each projection's weight, RoPE in HF's half-split
+layout; RMSNorm and SwiGLU through `alignkit.models.lean_ops`, which keep only their inputs for the backward),
+not `FastDecoder`'s folded copies: a matmul keeps its
 weight operand for the backward, so folded copies (concatenated, transposed, norm-scaled: 425 MB for
 SmolLM2-135M's layers) stayed alive from the forward to the backward of every training step, and were
 rebuilt and differentiated through each call. For the thousand-odd rows of a training micro-batch, three
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 
 from alignkit.logprobs import head_logprobs
 from alignkit.models.decoder import FastDecoder, lean_base, linear_parts
+from alignkit.models.lean_ops import rms_norm, swiglu
 
 
 def supports(model) -> bool:
@@ -122,7 +124,7 @@ def grouped_completion_logprobs(
     rows = [n * p, m]  # torch.split, not slicing: a slice's backward zero-fills a full-size gradient, split's is one cat
     for layer in inner.layers:
         attn, mlp = layer.self_attn, layer.mlp
-        h = _rms_norm(x, layer.input_layernorm, hidden)
+        h = _norm(x, layer.input_layernorm)
         q = _rotate(_linear(h, attn.q_proj).view(-1, h_, d), cos_q, sin_q)
         k = _rotate(_linear(h, attn.k_proj).view(-1, kv, d), cos, sin)
         v = _linear(h, attn.v_proj).view(-1, kv, d)
@@ -133,14 +135,14 @@ def grouped_completion_logprobs(
         values = torch.cat([vp[group], padded(vc).reshape(r, c, kv, d)], 1)
         out_c = attend(padded(qc).reshape(r, c, h_, d), keys, values, mask_c)[real]
         x = _linear(torch.cat([out_p, out_c]), attn.o_proj, residual=x)
-        h = _rms_norm(x, layer.post_attention_layernorm, hidden)
-        x = _linear(F.silu(_linear(h, mlp.gate_proj)) * _linear(h, mlp.up_proj), mlp.down_proj, residual=x)
+        h = _norm(x, layer.post_attention_layernorm)
+        x = _linear(swiglu(_linear(h, mlp.gate_proj), _linear(h, mlp.up_proj)), mlp.down_proj, residual=x)
     xp, xc = x.split(rows)
     last_prompt = xp.reshape(n, p, hidden)[:, -1][group]  # [R, h]: predicts completion token 0
     pred = torch.cat([last_prompt[:, None], padded(xc).reshape(r, c, hidden)[:, :-1]], 1)  # [R, C, h]
     # token t from position t - 1: the LM head in chunks of rows (no [M, V] logits, `head_logprobs`)
     head = base.lm_head
-    out = head_logprobs(_rms_norm(pred.reshape(r * c, hidden)[real], inner.norm, hidden), head.weight, head.bias,
+    out = head_logprobs(_norm(pred.reshape(r * c, hidden)[real], inner.norm), head.weight, head.bias,
                         completion_ids.reshape(-1)[real], temperature=temperature, entropy=return_entropy)
     if not return_entropy:
         return padded(out).view(r, c)
@@ -164,13 +166,10 @@ def _rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return torch.cat([t1 * cos - t2 * sin, t2 * cos + t1 * sin], -1)
 
 
-def _rms_norm(x: torch.Tensor, norm, hidden: int) -> torch.Tensor:
-    """RMSNorm, x / sqrt(mean(x^2) + eps) g, as x / hypot(||x||, sqrt(n eps)) (g sqrt(n)): the norm in fp32
-    as HF's, `FastDecoder.normed`'s arithmetic, the gain applied to the activations (no weight copy)."""
-    size = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
-    eps = torch.tensor((hidden * norm.variance_epsilon) ** 0.5, dtype=torch.float32, device=x.device)
-    gain = (norm.weight.float() * hidden ** 0.5).to(x.dtype)
-    return x / torch.hypot(size, eps).to(x.dtype) * gain
+def _norm(x: torch.Tensor, norm) -> torch.Tensor:
+    """The model's RMSNorm module applied through `lean_ops.rms_norm` (its weight, no copy; less kept for the
+    backward than the composed form)."""
+    return rms_norm(x, norm.weight, norm.variance_epsilon)
 
 
 def _linear(h: torch.Tensor, module, residual: torch.Tensor | None = None) -> torch.Tensor:
