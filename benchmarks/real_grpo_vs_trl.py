@@ -133,7 +133,7 @@ def child_alignkit(args) -> dict:
         f"rollout.prompts_per_step={b}", f"rollout.group_size={g}", f"rollout.max_new_tokens={args.max_new_tokens}",
         "rollout.temperature=1.0", f"reward.weights={json.dumps({REWARD_SPEC: 1.0})}",
         f"reward.success_key={REWARD_SPEC}",
-        f"loss.beta={args.beta}", "loss.mu=1", f"loss.micro_batch_size={b * g}", "loss.std_ddof=1",
+        f"loss.beta={args.beta}", "loss.mu=1", f"loss.micro_batch_size={args.micro_batch or b * g}", "loss.std_ddof=1",
         f"optim.lr={args.lr}", "optim.warmup_steps=0", "optim.schedule=constant", "optim.weight_decay=0.0",
         "optim.max_grad_norm=1.0", f"train.steps={args.warmup + args.steps}", "train.eval_every=1000000",
         "train.seed=0", "output.tensorboard=false", f"output.dir={work / 'runs'}",
@@ -235,6 +235,7 @@ def run_child(side: str, args, watch_run: bool = False) -> dict:
     cmd = [python, __file__, "--child", side, "--work", args.work, "--shape", f"{args.shape[0]}x{args.shape[1]}",
            "--beta", str(args.beta), "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.lr), "--threads", str(args.threads)]
+    cmd += ["--micro-batch", str(args.micro_batch)] if args.micro_batch else []
     cmd += (["--model-dir", args.model_dir] if args.model_dir else []) + (["--watch"] if watch_run else [])
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(args.threads),
            "MKL_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
@@ -280,6 +281,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64, help="longest completion (default 64)")
     ap.add_argument("--lr", type=float, default=1e-6, help="AdamW learning rate, constant (default 1e-6)")
     ap.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads per side (default 2)")
+    ap.add_argument("--micro-batch", type=int, help="alignkit sides only: rows per forward/backward "
+                    "(loss.micro_batch_size; changes no number, lowers activation memory). Default: all B x G rows, as "
+                    "TRL's side runs; a smaller value is NOT the equal-settings comparison")
     ap.add_argument("--n-prompts", type=int, default=256, help="prompts in the dataset (default 256)")
     ap.add_argument("--sides", default="trl,alignkit", help=f"comma-separated of {SIDES}, run in this order "
                     "(default trl,alignkit; alignkit_lora = alignkit with model.lora.enabled=true)")
@@ -332,6 +336,8 @@ def main() -> None:
               f"{args.max_new_tokens} new tokens (EOS allowed), T=1, beta {args.beta}, lr {args.lr}, mu 1; "
               f"{args.warmup} warm-up + {args.steps} timed steps per side; mean prompt {mean_prompt:.1f} tokens",
               flush=True)
+        if args.micro_batch:
+            print(f"NOT equal settings: alignkit forwards {args.micro_batch} rows at a time, TRL all {b * g}", flush=True)
         runs: dict[str, list[dict]] = {s: [] for s in sides}
         for rep in range(args.repeats):
             for side in (sides if rep % 2 == 0 else sides[::-1]):

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -65,16 +66,22 @@ def child(args) -> dict:
     gc.collect()
     before = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (the peak RSS) to the current RSS
-    start = time.perf_counter()
-    lp, ent = completion_logprobs(model, batch, slice(0, prompts * group), temperature=1.0, entropy=True)
-    loss = -(lp * advantages).mean() - 0.01 * ent.mean()
-    loss.backward()
-    seconds = time.perf_counter() - start
+    times = []
+    for _ in range(args.steps):
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        lp, ent = completion_logprobs(model, batch, slice(0, prompts * group), temperature=1.0, entropy=True)
+        loss = -(lp * advantages).mean() - 0.01 * ent.mean()
+        loss.backward()
+        times.append(time.perf_counter() - start)
+        del lp, ent, loss
+    seconds = statistics.median(times[1:] or times)  # after the first step (allocations, warm-up)
     import alignkit
 
     return {"variant": args.child, "alignkit": str(Path(alignkit.__file__).parent), "rss_before_mib": before, "peak_mib": _status("VmHWM"),
             "step_peak_extra_mib": _status("VmHWM") - before,
             "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "step_s": seconds,
+            "steps_s": times,
             "rows": prompts * group, "tokens": args.prompt + args.completion, "vocab": vocab}
 
 
@@ -87,6 +94,8 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=24)
     ap.add_argument("--completion", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=1, help="forward+backward steps per variant (default 1); the step "
+                    "time is the median after the first, the peak is over all of them")
     ap.add_argument("--quick", action="store_true", help="8 + 8 tokens")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -109,14 +118,15 @@ def main() -> None:
         if args.src:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (args.src, env.get("PYTHONPATH")) if p)
         cmd = [sys.executable, __file__, "--child", variant, "--model-dir", args.model_dir, "--prompt",
-               str(args.prompt), "--completion", str(args.completion), "--threads", str(args.threads)]
+               str(args.prompt), "--completion", str(args.completion), "--threads", str(args.threads),
+               "--steps", str(args.steps)]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if out.returncode:
             sys.exit(f"{variant} failed:\n{out.stderr[-4000:]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
         results.append(r)
         print(f"{r['alignkit']} {variant:>9}: step peak +{r['step_peak_extra_mib']:7.0f} MiB over "
-              f"{r['rss_before_mib']:.0f} MiB (ru_maxrss {r['ru_maxrss_mib']:.0f} MiB), {r['step_s']:.1f} s, "
+              f"{r['rss_before_mib']:.0f} MiB (ru_maxrss {r['ru_maxrss_mib']:.0f} MiB), {r['step_s']:.2f} s/step, "
               f"{r['rows']} rows x {r['tokens']} tokens, V {r['vocab']}", flush=True)
     if args.out:
         args.out.write_text(json.dumps({"src": args.src, "load": os.getloadavg(), "results": results}, indent=1))
