@@ -52,7 +52,7 @@ def test_swiglu_values_and_gradients_equal_the_composed_form():
     assert torch.autograd.gradcheck(swiglu, (a64, b64))
 
 
-def test_only_the_inputs_are_kept_for_the_backward():
+def test_one_tensor_per_input_is_kept_for_the_backward():
     x, w = torch.randn(8, 16, requires_grad=True), torch.randn(16, requires_grad=True)
     _, naive = _saved_shapes(rms_norm_naive, x, w, 1e-6)
     _, lean = _saved_shapes(rms_norm, x, w, 1e-6)

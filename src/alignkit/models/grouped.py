@@ -16,7 +16,7 @@ from R (P + C) token rows to N P + (real completion tokens). Rows with the same 
 (the group-contiguous layout of `alignkit.rollout`); consecutive rows with equal prompt ids and mask share.
 
 The layers read the model's own parameters (`F.linear` on each projection's weight, RoPE in HF's half-split
-layout; RMSNorm and SwiGLU through `alignkit.models.lean_ops`, which keep only their inputs for the backward),
+layout; RMSNorm and SwiGLU through `alignkit.models.lean_ops`, which keep less for the backward),
 not `FastDecoder`'s folded copies: a matmul keeps its
 weight operand for the backward, so folded copies (concatenated, transposed, norm-scaled: 425 MB for
 SmolLM2-135M's layers) stayed alive from the forward to the backward of every training step, and were
