@@ -16,16 +16,17 @@ from R (P + C) token rows to N P + (real completion tokens). Rows with the same 
 (the group-contiguous layout of `alignkit.rollout`); consecutive rows with equal prompt ids and mask share.
 
 The layers read the model's own parameters (`F.linear` on each projection's weight, RoPE in HF's half-split
-layout; RMSNorm and SwiGLU through `alignkit.models.lean_ops`, which keep less for the backward),
-not `FastDecoder`'s folded copies: a matmul keeps its
-weight operand for the backward, so folded copies (concatenated, transposed, norm-scaled: 425 MB for
-SmolLM2-135M's layers) stayed alive from the forward to the backward of every training step, and were
-rebuilt and differentiated through each call. For the thousand-odd rows of a training micro-batch, three
-q/k/v matmuls cost what one concatenated matmul does; `FastDecoder` keeps its fused copies for decode steps,
-where a step multiplies a few rows and per-op cost matters. A peft LoRA projection adds its low-rank branch,
-(h A^T) (s B)^T, beside the frozen base weight (`decoder.linear_parts`), so gradients reach A and B through
-two thin matmuls and the base costs no weight gradient. Everything is differentiable: gradients reach the
-model's parameters exactly as through `model.forward`.
+layout; RMSNorm and SwiGLU through `alignkit.models.lean_ops`, which keep less for the backward), not
+`FastDecoder`'s folded copies. A matmul keeps its weight operand for the backward, so the folded copies
+(concatenated, transposed, norm-scaled: 425 MB for SmolLM2-135M's layers) stayed alive from the forward to the
+backward of every training step, and the backward ran through the folding. Separate q/k/v and gate/up
+matmuls cost nothing measurable at a training micro-batch's thousand-odd rows: one 16-row GRPO micro-batch on
+SmolLM2 went from 7.2 to 6.4 s and from 3,507 to ~2,470 MiB of peak (docs/benchmarks.md, "Session 11").
+`FastDecoder` keeps its fused copies for decode steps, where a step multiplies a few rows and per-op cost
+matters. A peft LoRA projection adds its low-rank branch, (h A^T) (s B)^T, beside the frozen base weight
+(`decoder.linear_parts`), so gradients reach A and B through two thin matmuls and the base costs no weight
+gradient. Everything is differentiable: gradients reach the model's parameters exactly as through
+`model.forward`.
 
 Naive form: `sequence_logprobs(model, cat([prompt, completion]), ...)[:, P:]`; `tests/unit/test_grouped.py`
 checks values and parameter gradients against it.
